@@ -1,0 +1,44 @@
+import { performance } from 'node:perf_hooks'
+import type { Client } from 'pg'
+import { isConnectionError } from './errors.js'
+
+/** Why a connection left the pool for good. */
+export type DestroyReason = 'error' | 'ping' | 'idle' | 'lifetime' | 'uses' | 'close'
+
+/** Where a connection is: a connection is in exactly one of these. */
+type ConnState = 'opening' | 'idle' | 'checking' | 'lent' | 'returning' | 'gone'
+
+/** pg's Client has ref()/unref() (for `allowExitOnIdle`); its type declarations miss them. */
+type RefableClient = Client & { ref (): void, unref (): void }
+
+/** One physical connection and what the pool knows about it. */
+export class Conn {
+  readonly client: Client
+  readonly createdAt = performance.now()
+  state: ConnState = 'opening'
+  /** When it last went idle: decides whether it is pinged. */
+  idleSince = this.createdAt
+  /** When it was last handed out. */
+  lentAt = 0
+  uses = 0
+  /** A query was sent and the client has not emitted 'drain' since. */
+  busy = false
+  /** The socket died or a connection-class error was seen: never reuse. */
+  broken = false
+
+  constructor (client: Client) {
+    this.client = client
+  }
+
+  /** Lets the process exit while this connection is idle (`allowExitOnIdle`), or not. */
+  holdProcess (hold: boolean): void {
+    const client = this.client as RefableClient
+    if (hold) client.ref()
+    else client.unref()
+  }
+
+  /** Records a query error; a connection-class one condemns the connection. */
+  failed (error: unknown): void {
+    if (isConnectionError(error)) this.broken = true
+  }
+}

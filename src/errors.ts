@@ -1,0 +1,102 @@
+import createError from '@fastify/error'
+
+/**
+ * Every error this plugin raises has a stable `code`; match on it, never on the message.
+ * The 503s carry a `headers` object with `retry-after`, which Fastify's error handler applies
+ * to the reply.
+ */
+
+/** An option has the wrong type or range. Thrown by `register`. */
+export const PgInvalidOptionError = createError<'FST_PG_INVALID_OPTION', [string, string, string]>(
+  'FST_PG_INVALID_OPTION',
+  'Expected `%s` to be %s, got %s',
+  500,
+  TypeError
+)
+
+/** No connection could be checked out within `acquireTimeoutMs`. */
+export const PgAcquireTimeoutError = createError<'FST_PG_ACQUIRE_TIMEOUT', 503, [number]>(
+  'FST_PG_ACQUIRE_TIMEOUT',
+  'No database connection became available within %d ms',
+  503
+)
+
+/** Opening a new connection failed: the database refused it or could not be reached. */
+export const PgUnavailableError = createError<'FST_PG_UNAVAILABLE', 503, [string, { cause: unknown }?]>(
+  'FST_PG_UNAVAILABLE',
+  'The database is unavailable: %s',
+  503
+)
+
+/** The pool is closing (`app.close()`): no new checkouts. */
+export const PgPoolClosedError = createError<'FST_PG_POOL_CLOSED', 503, []>(
+  'FST_PG_POOL_CLOSED',
+  'The database pool is closed',
+  503
+)
+
+/** `request.db` was used after its request ended; the query was not sent. */
+export const PgRequestEndedError = createError<'FST_PG_REQUEST_ENDED', 500, []>(
+  'FST_PG_REQUEST_ENDED',
+  'request.db was used after the request ended; the query was not sent',
+  500
+)
+
+/** `request.db` was read before this plugin's `onRequest` hook ran for the request. */
+export const PgNotReadyError = createError<'FST_PG_NOT_READY', 500, []>(
+  'FST_PG_NOT_READY',
+  'request.db was used before the fastify-pg-pool onRequest hook ran; register the plugin before hooks that query',
+  500
+)
+
+/** A client from `fastify.pg.pool.connect()` was released twice. */
+export const PgDoubleReleaseError = createError<'FST_PG_DOUBLE_RELEASE', 500, []>(
+  'FST_PG_DOUBLE_RELEASE',
+  'release() was called twice for the same checkout',
+  500
+)
+
+/**
+ * Adds the `Retry-After` header (whole seconds) to a 503 error. Fastify copies `error.headers`
+ * onto the reply before serialising the error.
+ */
+export function withRetryAfter<E extends Error> (error: E, seconds: number): E {
+  (error as E & { headers: Record<string, string> }).headers = { 'retry-after': String(seconds) }
+  return error
+}
+
+const CONNECTION_ERROR_CODES = new Set([
+  '57P01', // admin_shutdown: pg_terminate_backend, fast shutdown
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now: starting up / shutting down
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH'
+])
+
+const CONNECTION_ERROR_MESSAGES = [
+  'Connection terminated',
+  'Client has encountered a connection error',
+  'Client was closed and is not queryable',
+  'Query read timeout' // pg's query_timeout: the client is left with a query it cannot finish
+]
+
+/**
+ * True when the error means the connection itself can no longer be trusted: the session is
+ * gone or in an unknown state. Such a client is destroyed, never pooled again.
+ */
+export function isConnectionError (error: unknown): boolean {
+  if (error === null || typeof error !== 'object') return false
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string' && (code.startsWith('08') || CONNECTION_ERROR_CODES.has(code))) return true
+  const message = (error as { message?: unknown }).message
+  return typeof message === 'string' && CONNECTION_ERROR_MESSAGES.some((m) => message.startsWith(m))
+}
+
+/** Removes the password from a connection string before it is shown anywhere. */
+export function redactConnectionString (value: string): string {
+  return value.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@')
+}

@@ -1,0 +1,164 @@
+import type { Client, ClientBase, ClientConfig, PoolConfig } from 'pg'
+import { PgInvalidOptionError, redactConnectionString } from './errors.js'
+
+/** Options of the plugin itself; every `pg.PoolConfig` field is accepted beside them. */
+export interface PgPoolPluginOptions {
+  /**
+   * A connection that sat idle in the pool at least this long is pinged (one empty-query round
+   * trip) before it is handed out; a dead one is replaced without the caller noticing.
+   * `0` pings every reused connection, `false` never pings. New connections are never pinged.
+   * @default 1000
+   */
+  pingIdleMs?: number | false
+  /**
+   * A ping that has not answered within this many milliseconds counts as dead.
+   * @default 1000
+   */
+  pingTimeoutMs?: number
+  /**
+   * Deadline for a whole checkout: waiting for a free slot, connecting, pinging and replacing
+   * dead connections. Past it the request fails with `FST_PG_ACQUIRE_TIMEOUT` (HTTP 503).
+   * @default 2000
+   */
+  acquireTimeoutMs?: number
+  /**
+   * On `app.close()`, how long to wait for checked-out connections to come back before they are
+   * destroyed.
+   * @default 10000
+   */
+  closeTimeoutMs?: number
+}
+
+/** Everything `fastify.register(pgPool, opts)` accepts. */
+export type PgPoolOptions = PoolConfig & PgPoolPluginOptions
+
+/** Options after defaults and validation; what the pool works from. */
+export interface ResolvedOptions {
+  /** Passed to every `new Client(...)`. Holds the password: kept private to the pool. */
+  readonly client: ClientConfig
+  readonly Client: new (config: ClientConfig) => Client
+  readonly max: number
+  readonly min: number
+  readonly idleTimeoutMs: number
+  readonly maxUses: number
+  readonly maxLifetimeMs: number
+  readonly allowExitOnIdle: boolean
+  readonly connectTimeoutMs: number
+  /** `Infinity` when pinging is off. */
+  readonly pingIdleMs: number
+  readonly pingTimeoutMs: number
+  readonly acquireTimeoutMs: number
+  readonly closeTimeoutMs: number
+  readonly onConnect: ((client: ClientBase) => void | Promise<void>) | undefined
+}
+
+export const defaults = {
+  max: 10,
+  min: 0,
+  idleTimeoutMillis: 10_000,
+  pingIdleMs: 1000,
+  pingTimeoutMs: 1000,
+  acquireTimeoutMs: 2000,
+  closeTimeoutMs: 10_000
+} as const
+
+// Pool-level keys: consumed here, never passed to a Client.
+const POOL_KEYS = new Set([
+  'max', 'min', 'idleTimeoutMillis', 'log', 'Promise', 'allowExitOnIdle', 'maxUses',
+  'maxLifetimeSeconds', 'Client', 'onConnect', 'verify', 'connectionTimeoutMillis',
+  'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs'
+])
+
+function describe (name: string, value: unknown): string {
+  if (name === 'password') return 'a value of type ' + typeof value
+  if (typeof value === 'string') {
+    return `\`${name === 'connectionString' ? redactConnectionString(value) : value}\` (string)`
+  }
+  if (typeof value === 'function') return 'a function'
+  if (value !== null && typeof value === 'object') return 'an object'
+  return `\`${String(value)}\` (${value === null ? 'null' : typeof value})`
+}
+
+function fail (name: string, expected: string, value: unknown): never {
+  throw new PgInvalidOptionError(name, expected, describe(name, value))
+}
+
+type Check = (value: number) => boolean
+const nonNegative: Check = (v) => Number.isFinite(v) && v >= 0
+const positive: Check = (v) => Number.isFinite(v) && v > 0
+const count: Check = (v) => Number.isInteger(v) && v >= 1
+const wholeOrZero: Check = (v) => Number.isInteger(v) && v >= 0
+
+function num (opts: PgPoolOptions, name: keyof PgPoolOptions, fallback: number, check: Check, expected: string): number {
+  const value = opts[name]
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !check(value)) fail(name, expected, value)
+  return value
+}
+
+function optionalFunction<T> (opts: PgPoolOptions, name: keyof PgPoolOptions): T | undefined {
+  const value = opts[name]
+  if (value !== undefined && typeof value !== 'function') fail(name, 'a function', value)
+  return value as T | undefined
+}
+
+/** Applies defaults and validates once, at register time. Never mutates `input`. */
+export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient: ResolvedOptions['Client']): ResolvedOptions {
+  if (input !== undefined && (input === null || typeof input !== 'object')) fail('options', 'an object', input)
+  const opts: PgPoolOptions = { ...input }
+
+  for (const name of ['connectionString', 'host', 'user', 'database', 'application_name'] as const) {
+    if (opts[name] !== undefined && typeof opts[name] !== 'string') fail(name, 'a string', opts[name])
+  }
+  const password = opts.password
+  if (password !== undefined && typeof password !== 'string' && typeof password !== 'function') {
+    fail('password', 'a string or a function returning one', password)
+  }
+
+  const max = num(opts, 'max', defaults.max, count, 'a whole number of at least 1')
+  const min = num(opts, 'min', defaults.min, wholeOrZero, 'a whole number of at least 0')
+  if (min > max) fail('min', `at most \`max\` (${max})`, min)
+
+  const pingIdle = opts.pingIdleMs
+  if (pingIdle !== undefined && pingIdle !== false && (typeof pingIdle !== 'number' || !nonNegative(pingIdle))) {
+    fail('pingIdleMs', 'a finite number of milliseconds >= 0, or false', pingIdle)
+  }
+
+  const ms = 'a positive finite number of milliseconds'
+  const idle = opts.idleTimeoutMillis ?? defaults.idleTimeoutMillis
+  if (typeof idle !== 'number' || !nonNegative(idle)) fail('idleTimeoutMillis', 'a finite number of milliseconds >= 0 (0 keeps idle connections)', idle)
+  const lifetime = num(opts, 'maxLifetimeSeconds', 0, nonNegative, 'a finite number of seconds >= 0 (0 means no limit)')
+  const maxUses = opts.maxUses === undefined || opts.maxUses === Infinity
+    ? Infinity
+    : num(opts, 'maxUses', Infinity, count, 'a whole number of at least 1, or Infinity')
+
+  const client: ClientConfig = {}
+  for (const key of Object.keys(opts) as (keyof PgPoolOptions)[]) {
+    if (!POOL_KEYS.has(key)) (client as Record<string, unknown>)[key] = opts[key]
+  }
+
+  const verify = optionalFunction<NonNullable<PoolConfig['verify']>>(opts, 'verify')
+  const onConnect = optionalFunction<NonNullable<PoolConfig['onConnect']>>(opts, 'onConnect')
+
+  return {
+    client,
+    Client: optionalFunction<ResolvedOptions['Client']>(opts, 'Client') ?? DefaultClient,
+    max,
+    min,
+    idleTimeoutMs: idle === 0 ? Infinity : idle,
+    maxUses,
+    maxLifetimeMs: lifetime === 0 ? Infinity : lifetime * 1000,
+    allowExitOnIdle: opts.allowExitOnIdle === true,
+    connectTimeoutMs: num(opts, 'connectionTimeoutMillis', 0, nonNegative, 'a finite number of milliseconds >= 0'),
+    pingIdleMs: pingIdle === false ? Infinity : (pingIdle ?? defaults.pingIdleMs),
+    pingTimeoutMs: num(opts, 'pingTimeoutMs', defaults.pingTimeoutMs, positive, ms),
+    acquireTimeoutMs: num(opts, 'acquireTimeoutMs', defaults.acquireTimeoutMs, positive, ms),
+    closeTimeoutMs: num(opts, 'closeTimeoutMs', defaults.closeTimeoutMs, nonNegative, 'a finite number of milliseconds >= 0'),
+    onConnect: verify === undefined
+      ? onConnect
+      : async (c) => {
+        await onConnect?.(c)
+        await new Promise<void>((resolve, reject) => verify(c as never, (err) => err ? reject(err) : resolve()))
+      }
+  }
+}

@@ -1,0 +1,389 @@
+import { performance } from 'node:perf_hooks'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Client, PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import {
+  PgAcquireTimeoutError,
+  PgDoubleReleaseError,
+  PgPoolClosedError,
+  PgUnavailableError,
+  withRetryAfter
+} from './errors.js'
+import { Conn, type DestroyReason } from './conn.js'
+import { guardClient } from './guard.js'
+import type { ResolvedOptions } from './options.js'
+
+const noop = (): void => {}
+
+interface Waiter {
+  readonly deadline: number
+  readonly log: FastifyBaseLogger
+  resolve (conn: Conn | Promise<Conn>): void
+  reject (error: Error): void
+  timer: NodeJS.Timeout | undefined
+  signal: AbortSignal | undefined
+  onAbort: () => void
+}
+
+export interface AcquireOptions {
+  /** Aborting abandons the checkout: a waiting request takes no connection. */
+  signal?: AbortSignal | undefined
+  /** Where to log ping failures and missed deadlines (the request's logger). */
+  log?: FastifyBaseLogger | undefined
+}
+
+export interface PoolStats {
+  /** Connections open or being opened. */
+  total: number
+  /** Connections in the pool, ready to be handed out. */
+  idle: number
+  /** Connections checked out, being opened, pinged or returned. */
+  active: number
+  /** Checkouts waiting for a connection. */
+  waiting: number
+}
+
+/**
+ * The connection pool: pg clients, an idle stack (last returned is first handed out, so cold
+ * connections age out), a FIFO of waiting checkouts, and one deadline per checkout covering the
+ * wait, the connect, the pings and the replacements.
+ */
+export class PgPool {
+  readonly #opts: ResolvedOptions
+  readonly #log: FastifyBaseLogger
+  readonly #all = new Set<Conn>()
+  readonly #idle: Conn[] = []
+  readonly #waiters = new Set<Waiter>()
+  #state: 'open' | 'closing' | 'closed' = 'open'
+  #housekeeper: NodeJS.Timeout | undefined
+  #closed: Promise<void> | undefined
+  #onEmpty: (() => void) | undefined
+
+  constructor (opts: ResolvedOptions, log: FastifyBaseLogger) {
+    this.#opts = opts
+    this.#log = log
+    const period = Math.min(opts.idleTimeoutMs, opts.maxLifetimeMs) / 2
+    if (Number.isFinite(period)) {
+      this.#housekeeper = setInterval(() => this.#sweep(), Math.max(10, Math.min(period, 5000))).unref()
+    }
+  }
+
+  get totalCount (): number { return this.#all.size }
+  get idleCount (): number { return this.#idle.length }
+  get waitingCount (): number { return this.#waiters.size }
+
+  stats (): PoolStats {
+    const total = this.#all.size
+    const idle = this.#idle.length
+    return { total, idle, active: total - idle, waiting: this.#waiters.size }
+  }
+
+  /**
+   * Checks out a healthy connection within `acquireTimeoutMs`, or rejects with a coded 503.
+   * A connection idle for `pingIdleMs` or longer is pinged first; a dead one is destroyed and
+   * the checkout goes on with the next one, so the caller never sees it.
+   */
+  async acquire ({ signal, log = this.#log }: AcquireOptions = {}): Promise<Conn> {
+    const deadline = performance.now() + this.#opts.acquireTimeoutMs
+    for (;;) {
+      const conn = await this.#take(deadline, signal, log)
+      if (signal?.aborted === true || this.#state !== 'open') {
+        this.#checkin(conn)
+        throw this.#state === 'open' ? signal?.reason : this.#closedError()
+      }
+      if (await this.#usable(conn, deadline, log)) {
+        conn.state = 'lent'
+        conn.lentAt = performance.now()
+        conn.uses++
+        if (this.#opts.allowExitOnIdle) conn.holdProcess(true)
+        return conn
+      }
+    }
+  }
+
+  /**
+   * Takes back a connection from `acquire`. A query still running keeps it out of the pool
+   * until it settles; an open or failed transaction is rolled back; a broken connection, or
+   * one whose rollback fails, is destroyed.
+   */
+  release (conn: Conn): void {
+    if (conn.state !== 'lent') return
+    conn.state = 'returning'
+    if (conn.broken) return this.#destroy(conn, 'error')
+    if (conn.busy) {
+      this.#afterDrain(conn)
+      return
+    }
+    const tx = conn.client.getTransactionStatus()
+    if (tx === 'T' || tx === 'E') {
+      this.#rollback(conn)
+      return
+    }
+    this.#checkin(conn)
+  }
+
+  /**
+   * Checks out a client for work outside a request (migrations, jobs). Call `release()` once
+   * when done; `release(err)` destroys it instead. A second call throws FST_PG_DOUBLE_RELEASE.
+   */
+  async connect (): Promise<PoolClient> {
+    const conn = await this.acquire()
+    let released = false
+    return guardClient(conn, () => !released, (error) => {
+      if (released) throw new PgDoubleReleaseError()
+      released = true
+      if (error) conn.broken = true
+      this.release(conn)
+    })
+  }
+
+  /** `pool.query()`: one statement on a connection checked out for it alone. */
+  async query<R extends QueryResultRow = any>(textOrConfig: string | QueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
+    const conn = await this.acquire()
+    try {
+      return await conn.client.query<R>(textOrConfig as string, values)
+    } catch (error) {
+      conn.failed(error)
+      throw error
+    } finally {
+      this.release(conn)
+    }
+  }
+
+  /**
+   * Stops handing out connections, fails the waiting checkouts, closes idle connections and
+   * waits up to `closeTimeoutMs` for checked-out ones before destroying them.
+   */
+  close (): Promise<void> {
+    this.#closed ??= this.#drain()
+    return this.#closed
+  }
+
+  async #drain (): Promise<void> {
+    this.#state = 'closing'
+    clearInterval(this.#housekeeper)
+    for (const waiter of this.#waiters) this.#settle(waiter).reject(this.#closedError())
+    for (const conn of [...this.#idle]) this.#destroy(conn, 'close')
+    if (this.#all.size > 0) {
+      let timer: NodeJS.Timeout | undefined
+      await new Promise<void>((resolve) => {
+        this.#onEmpty = resolve
+        timer = setTimeout(resolve, this.#opts.closeTimeoutMs).unref()
+      })
+      clearTimeout(timer)
+      for (const conn of this.#all) {
+        this.#log.warn({ heldMs: Math.round(performance.now() - conn.lentAt) }, 'fastify-pg-pool: destroying a connection still checked out at close')
+        this.#destroy(conn, 'close')
+      }
+    }
+    this.#state = 'closed'
+  }
+
+  #closedError (): Error {
+    return withRetryAfter(new PgPoolClosedError(), 1)
+  }
+
+  /** An idle connection, a new one, or a place in the queue; waiting checkouts go first. */
+  #take (deadline: number, signal: AbortSignal | undefined, log: FastifyBaseLogger): Conn | Promise<Conn> {
+    if (this.#state !== 'open') throw this.#closedError()
+    if (this.#waiters.size === 0) {
+      const conn = this.#idle.pop()
+      if (conn !== undefined) return claim(conn)
+      if (this.#all.size < this.#opts.max) return this.#open(deadline)
+    }
+    if (signal?.aborted === true) throw signal.reason
+    return new Promise<Conn>((resolve, reject) => {
+      const waiter: Waiter = {
+        deadline,
+        log,
+        resolve,
+        reject,
+        signal,
+        timer: undefined,
+        onAbort: () => this.#settle(waiter).reject(signal?.reason)
+      }
+      waiter.timer = setTimeout(() => this.#settle(waiter).reject(this.#timeoutError(log)), deadline - performance.now()).unref()
+      signal?.addEventListener('abort', waiter.onAbort, { once: true })
+      this.#waiters.add(waiter)
+    })
+  }
+
+  /** Removes a waiter from the queue and disarms it; returns it so the caller settles it. */
+  #settle (waiter: Waiter): Waiter {
+    this.#waiters.delete(waiter)
+    clearTimeout(waiter.timer)
+    waiter.signal?.removeEventListener('abort', waiter.onAbort)
+    return waiter
+  }
+
+  /** Hands free connections, or free slots, to waiting checkouts in arrival order. */
+  #pulse (): void {
+    while (this.#waiters.size > 0 && this.#state === 'open') {
+      const conn = this.#idle.pop()
+      if (conn === undefined && this.#all.size >= this.#opts.max) return
+      const waiter = this.#settle(this.#waiters.values().next().value as Waiter)
+      waiter.resolve(conn === undefined ? this.#open(waiter.deadline) : claim(conn))
+    }
+  }
+
+  #timeoutError (log: FastifyBaseLogger): Error {
+    const { acquireTimeoutMs } = this.#opts
+    log.warn({ pool: this.stats() }, `fastify-pg-pool: no connection within acquireTimeoutMs (${acquireTimeoutMs} ms)`)
+    return withRetryAfter(new PgAcquireTimeoutError(acquireTimeoutMs), 1)
+  }
+
+  async #open (deadline: number): Promise<Conn> {
+    const { Client, client: config, connectTimeoutMs, onConnect } = this.#opts
+    const remaining = Math.max(1, Math.ceil(deadline - performance.now()))
+    const client = new Client({ ...config, connectionTimeoutMillis: Math.min(connectTimeoutMs || remaining, remaining) })
+    const conn = new Conn(client)
+    this.#all.add(conn)
+    this.#watch(conn)
+    try {
+      await client.connect()
+      if (onConnect !== undefined) await onConnect(client)
+      conn.state = 'checking'
+    } catch (error) {
+      this.#destroy(conn, 'error')
+      if (this.#state !== 'open') throw this.#closedError()
+      if (performance.now() >= deadline - 1) throw this.#timeoutError(this.#log)
+      const reason = error instanceof Error ? error.message : String(error)
+      this.#log.warn({ err: error }, 'fastify-pg-pool: could not open a connection')
+      throw withRetryAfter(new PgUnavailableError(reason, { cause: error }), 1)
+    }
+    return conn
+  }
+
+  /** Listeners every client carries for its whole life: an error never goes unheard. */
+  #watch (conn: Conn): void {
+    const { client } = conn
+    const lost = (error?: Error): void => {
+      conn.broken = true
+      if (error !== undefined) this.#log.debug({ err: error }, 'fastify-pg-pool: connection error')
+      if (conn.state === 'idle') this.#destroy(conn, 'error')
+    }
+    client.on('error', lost)
+    client.on('end', () => lost())
+    client.on('drain', () => { conn.busy = false })
+    // Every query passes here, the user's own through connection() too: the pool must know
+    // whether a query is still running when the connection comes back.
+    const query = client.query
+    client.query = function (this: Client, ...args: unknown[]) {
+      conn.busy = true
+      return (query as (...a: unknown[]) => unknown).apply(this, args)
+    } as Client['query']
+  }
+
+  /** Is this connection fit to hand out? Destroys it when it is not. */
+  async #usable (conn: Conn, deadline: number, log: FastifyBaseLogger): Promise<boolean> {
+    const now = performance.now()
+    if (conn.broken) {
+      this.#destroy(conn, 'error')
+      return false
+    }
+    if (now - conn.createdAt >= this.#opts.maxLifetimeMs) {
+      this.#destroy(conn, 'lifetime')
+      return false
+    }
+    if (conn.uses === 0 || now - conn.idleSince < this.#opts.pingIdleMs) return true
+    const remaining = deadline - now
+    if (remaining <= 0) {
+      this.#checkin(conn)
+      throw this.#timeoutError(log)
+    }
+    const idleMs = Math.round(now - conn.idleSince)
+    try {
+      await roundTrip(conn.client, '', Math.min(this.#opts.pingTimeoutMs, remaining))
+      return true
+    } catch (error) {
+      log.debug({ err: error, idleMs }, 'fastify-pg-pool: ping failed; replacing the connection')
+      this.#destroy(conn, 'ping')
+      if (performance.now() >= deadline) throw this.#timeoutError(log)
+      return false
+    }
+  }
+
+  #afterDrain (conn: Conn): void {
+    const { client } = conn
+    const done = (): void => {
+      client.off('drain', done)
+      client.off('end', done)
+      conn.state = 'lent'
+      this.release(conn)
+    }
+    client.on('drain', done)
+    client.on('end', done)
+  }
+
+  #rollback (conn: Conn): void {
+    roundTrip(conn.client, 'ROLLBACK', this.#opts.pingTimeoutMs).then(
+      () => this.#checkin(conn),
+      (error: unknown) => {
+        this.#log.debug({ err: error }, 'fastify-pg-pool: rollback on return failed; destroying the connection')
+        conn.broken = true
+        this.#checkin(conn)
+      }
+    )
+  }
+
+  /** Puts a connection back in the pool, or destroys it if it must not be reused. */
+  #checkin (conn: Conn): void {
+    if (conn.broken) return this.#destroy(conn, 'error')
+    if (this.#state !== 'open') return this.#destroy(conn, 'close')
+    if (conn.uses >= this.#opts.maxUses) return this.#destroy(conn, 'uses')
+    conn.state = 'idle'
+    conn.idleSince = performance.now()
+    if (this.#opts.allowExitOnIdle) conn.holdProcess(false)
+    this.#idle.push(conn)
+    this.#pulse()
+  }
+
+  #destroy (conn: Conn, reason: DestroyReason): void {
+    if (conn.state === 'gone') return
+    if (conn.state === 'idle') this.#idle.splice(this.#idle.indexOf(conn), 1)
+    conn.state = 'gone'
+    conn.broken = true
+    this.#all.delete(conn)
+    this.#log.debug({ reason }, 'fastify-pg-pool: connection closed')
+    // end() is graceful on a healthy idle socket and destroys one that is dead or mid-query.
+    conn.client.end().catch(noop)
+    if (this.#all.size === 0) this.#onEmpty?.()
+    this.#pulse()
+  }
+
+  /** Closes idle connections past `idleTimeoutMillis` (down to `min`) or past their lifetime. */
+  #sweep (): void {
+    const now = performance.now()
+    const { idleTimeoutMs, maxLifetimeMs, min } = this.#opts
+    // Oldest-idle first: the bottom of the stack.
+    for (const conn of this.#idle.slice()) {
+      if (now - conn.createdAt >= maxLifetimeMs) this.#destroy(conn, 'lifetime')
+      else if (now - conn.idleSince >= idleTimeoutMs && this.#all.size > min) this.#destroy(conn, 'idle')
+    }
+  }
+}
+
+/** Marks a connection taken from the idle stack, before anything else can see it. */
+function claim (conn: Conn): Conn {
+  conn.state = 'checking'
+  return conn
+}
+
+/**
+ * One statement bounded by `timeoutMs`; a timeout rejects (the caller destroys the client).
+ * With `''` it is the cheapest round trip there is: an empty query, no parse, no plan.
+ */
+async function roundTrip (client: Client, sql: string, timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const reply = client.query(sql)
+  reply.catch(noop)
+  try {
+    await Promise.race([
+      reply,
+      new Promise((resolve, reject) => {
+        timer = setTimeout(reject, timeoutMs, new Error(`no answer within ${timeoutMs} ms`))
+      })
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
+}

@@ -1,0 +1,143 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import { PgRequestEndedError } from './errors.js'
+import { guardClient } from './guard.js'
+import type { Conn } from './conn.js'
+import type { PgPool } from './pool.js'
+
+/** `request.db`: the request's lazily checked-out connection. */
+export interface RequestDb {
+  /**
+   * Runs one statement on the request's connection, checking it out on first use. Statements
+   * of one request run one after another, in call order.
+   */
+  query<R extends QueryResultRow = any>(text: string, values?: unknown[]): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = any>(config: QueryConfig): Promise<QueryResult<R>>
+  /**
+   * The checked-out client itself, for cursors, streams and COPY. The plugin still returns it
+   * when the request ends: `release()` on it returns nothing early (`release(err)` marks it
+   * to be destroyed), and using it after the request ended fails with `FST_PG_REQUEST_ENDED`.
+   */
+  connection (): Promise<PoolClient>
+}
+
+/**
+ * unused → acquiring → held → released, and acquiring → unused when the checkout fails.
+ * `released` is final: it is entered when the response closes, on every path.
+ */
+type State = 'unused' | 'acquiring' | 'held' | 'released'
+
+interface Job {
+  text: string | QueryConfig
+  values: unknown[] | undefined
+  resolve (result: QueryResult<any>): void
+  reject (error: unknown): void
+}
+
+export class RequestHandle implements RequestDb {
+  readonly #pool: PgPool
+  readonly #log: FastifyBaseLogger
+  #state: State = 'unused'
+  #conn: Conn | undefined
+  #checkout: Promise<Conn> | undefined
+  #abort: AbortController | undefined
+  /** A statement of this request is on the wire. */
+  #running = false
+  /** Statements waiting for the checkout or for the one running. */
+  readonly #queue: Job[] = []
+  #client: PoolClient | undefined
+
+  constructor (pool: PgPool, log: FastifyBaseLogger, response: { closed: boolean, once (event: 'close', fn: () => void): unknown }) {
+    this.#pool = pool
+    this.#log = log
+    // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
+    if (response.closed) this.#state = 'released'
+    else response.once('close', () => this.#move('released'))
+  }
+
+  query (text: string | QueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
+    return new Promise((resolve, reject) => {
+      const job: Job = { text, values, resolve, reject }
+      if (this.#state === 'held' && !this.#running) this.#send(job)
+      else if (this.#state === 'released') reject(new PgRequestEndedError())
+      else {
+        this.#queue.push(job)
+        if (this.#state === 'unused') this.#move('acquiring')
+      }
+    })
+  }
+
+  async connection (): Promise<PoolClient> {
+    if (this.#state === 'unused') this.#move('acquiring')
+    if (this.#state === 'acquiring') await this.#checkout
+    if (this.#state !== 'held') throw new PgRequestEndedError()
+    const conn = this.#conn as Conn
+    // release() cannot return it early: the plugin returns it when the request ends.
+    // release(err) asks for it to be destroyed then, as with pg-pool.
+    this.#client ??= guardClient(conn, () => this.#state === 'held', (error) => { if (error) conn.broken = true })
+    return this.#client
+  }
+
+  /** The one place where the state changes, with everything each change implies. */
+  #move (next: State, conn?: Conn): void {
+    const prev = this.#state
+    this.#state = next
+    switch (next) {
+      case 'acquiring': {
+        const abort = this.#abort = new AbortController()
+        this.#checkout = this.#pool.acquire({ signal: abort.signal, log: this.#log })
+        this.#checkout.then(
+          (got) => this.#state === 'acquiring' ? this.#move('held', got) : this.#pool.release(got),
+          (error: unknown) => {
+            if (this.#state === 'acquiring') this.#move('unused')
+            this.#fail(error)
+          }
+        )
+        break
+      }
+      case 'held':
+        this.#conn = conn
+        this.#next()
+        break
+      case 'unused':
+        this.#checkout = undefined
+        break
+      case 'released':
+        this.#fail(new PgRequestEndedError())
+        if (prev === 'acquiring') (this.#abort as AbortController).abort(new PgRequestEndedError())
+        else if (prev === 'held') this.#pool.release(this.#conn as Conn)
+        this.#conn = undefined
+        break
+    }
+  }
+
+  #send (job: Job): void {
+    const conn = this.#conn as Conn
+    this.#running = true
+    const done = (error: Error | null, result?: QueryResult<any>): void => {
+      this.#running = false
+      if (error) {
+        conn.failed(error)
+        job.reject(error)
+      } else {
+        job.resolve(result as QueryResult<any>)
+      }
+      this.#next()
+    }
+    try {
+      conn.client.query(job.text as string, job.values as unknown[], done)
+    } catch (error) {
+      // pg throws at once on a malformed call (a null query, a bad callback)
+      done(error as Error)
+    }
+  }
+
+  #next (): void {
+    const job = this.#queue.shift()
+    if (job !== undefined) this.#send(job)
+  }
+
+  #fail (error: unknown): void {
+    for (const job of this.#queue.splice(0)) job.reject(error)
+  }
+}

@@ -1,0 +1,47 @@
+import type { Test } from 'tap'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import pgPool, { type PgPoolOptions } from '../../src/index.js'
+import type { Database } from './postgres.js'
+import { until } from './util.js'
+
+interface Teardown { teardown (fn: () => unknown): void }
+
+/** A fresh Fastify app with the plugin registered against the test database. */
+export async function buildApp (
+  t: Teardown,
+  db: Database,
+  options: PgPoolOptions = {},
+  server: FastifyServerOptions = {}
+): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false, ...server })
+  await app.register(pgPool, { connectionString: db.url, application_name: 'fpp-app', ...options })
+  t.teardown(() => app.close())
+  return app
+}
+
+/** Backends of the app (by application_name) as pg_stat_activity sees them. */
+export async function appBackends (db: Database, applicationName = 'fpp-app'): Promise<Array<{ pid: number, state: string }>> {
+  const { rows } = await db.admin<{ pid: number, state: string }>(
+    'select pid, state from pg_stat_activity where application_name = $1 and datname = current_database()',
+    [applicationName]
+  )
+  return rows
+}
+
+/**
+ * What every lifecycle path must end with: no connection checked out, no transaction left
+ * open on the server, and the pool still serving (with `max: 1` a lost connection would 503).
+ */
+export async function assertReturned (
+  t: Test,
+  app: FastifyInstance,
+  db: Database
+): Promise<void> {
+  await until(() => app.pg.stats().active === 0, 'the connection is back in the pool or destroyed')
+  const { rows } = await db.admin<{ n: number }>(
+    "select count(*)::int as n from pg_stat_activity where application_name = 'fpp-app' and state like 'idle in transaction%'"
+  )
+  t.equal(rows[0]?.n, 0, 'no idle-in-transaction backend is left')
+  const { rows: [row] } = await app.pg.query<{ ok: number }>('select 1 as ok')
+  t.equal(row?.ok, 1, 'the pool still serves')
+}

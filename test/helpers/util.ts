@@ -1,0 +1,67 @@
+import http from 'node:http'
+import type { FastifyInstance } from 'fastify'
+
+export interface Deferred<T = void> {
+  promise: Promise<T>
+  resolve (value: T): void
+}
+
+/** A promise the test settles itself: the barrier that makes lifecycle tests deterministic. */
+export function deferred<T = void> (): Deferred<T> {
+  let resolve!: (value: T) => void
+  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
+  return { promise, resolve }
+}
+
+/**
+ * Polls `condition` until it holds; fails after `timeoutMs`. For effects that complete
+ * asynchronously after an event the test cannot await (a socket closed by the peer).
+ */
+export async function until (condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
+
+/** Starts the app on a real socket and returns its base URL. */
+export async function listen (app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  return `http://127.0.0.1:${port}`
+}
+
+export interface Sent {
+  /** The raw client request: destroy it to abort. */
+  req: http.ClientRequest
+  /** Settles with the response (status and body), or with the error when the request was aborted. */
+  done: Promise<{ status: number, headers: http.IncomingHttpHeaders, body: string } | Error>
+  /** Resolves when the response headers arrive. */
+  headers: Promise<http.IncomingMessage>
+}
+
+/** A real HTTP request that the test can abort at any point. */
+export function send (url: string, { method = 'GET', body }: { method?: string, body?: unknown } = {}): Sent {
+  const payload = body === undefined ? undefined : JSON.stringify(body)
+  const req = http.request(url, {
+    method,
+    agent: false,
+    headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }
+  })
+  const headers = deferred<http.IncomingMessage>()
+  const done = new Promise<Awaited<Sent['done']>>((resolve) => {
+    req.on('error', resolve)
+    req.on('response', (res) => {
+      headers.resolve(res)
+      let text = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { text += chunk })
+      res.on('error', resolve)
+      res.on('aborted', () => resolve(new Error('aborted')))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }))
+    })
+  })
+  req.end(payload)
+  return { req, done, headers: headers.promise }
+}
