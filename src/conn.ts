@@ -25,6 +25,9 @@ export class Conn {
   busy = false
   /** The socket died or a connection-class error was seen: never reuse. */
   broken = false
+  /** Past its lifetime: closed as soon as it is not in use. */
+  expired = false
+  lifetime: NodeJS.Timeout | undefined
 
   constructor (client: Client) {
     this.client = client

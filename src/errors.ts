@@ -42,6 +42,13 @@ export const PgRequestEndedError = createError<'FST_PG_REQUEST_ENDED', 500, []>(
   500
 )
 
+/** A client from `fastify.pg.pool.connect()` was used after its `release()`; the query was not sent. */
+export const PgReleasedError = createError<'FST_PG_RELEASED', 500, []>(
+  'FST_PG_RELEASED',
+  'This client was already released; the query was not sent',
+  500
+)
+
 /** `request.db` was read before this plugin's `onRequest` hook ran for the request. */
 export const PgNotReadyError = createError<'FST_PG_NOT_READY', 500, []>(
   'FST_PG_NOT_READY',
@@ -94,9 +101,4 @@ export function isConnectionError (error: unknown): boolean {
   if (typeof code === 'string' && (code.startsWith('08') || CONNECTION_ERROR_CODES.has(code))) return true
   const message = (error as { message?: unknown }).message
   return typeof message === 'string' && CONNECTION_ERROR_MESSAGES.some((m) => message.startsWith(m))
-}
-
-/** Removes the password from a connection string before it is shown anywhere. */
-export function redactConnectionString (value: string): string {
-  return value.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@')
 }

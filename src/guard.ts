@@ -1,5 +1,4 @@
 import type { PoolClient } from 'pg'
-import { PgRequestEndedError } from './errors.js'
 import type { Conn } from './conn.js'
 
 /**
@@ -7,11 +6,16 @@ import type { Conn } from './conn.js'
  * to run once the checkout is over (so it can never touch a connection someone else holds
  * by then) and `release` is the checkout's own.
  */
-export function guardClient (conn: Conn, usable: () => boolean, release: (error?: Error | boolean) => void): PoolClient {
+export function guardClient (
+  conn: Conn,
+  usable: () => boolean,
+  release: (error?: Error | boolean) => void,
+  refusal: () => Error
+): PoolClient {
   const { client } = conn
   const query = (...args: unknown[]): unknown => {
     if (usable()) return (client.query as (...a: unknown[]) => unknown)(...args)
-    const error = new PgRequestEndedError()
+    const error = refusal()
     const last = args[args.length - 1]
     if (typeof last === 'function') return process.nextTick(last as (e: Error) => void, error)
     if (typeof (args[0] as { submit?: unknown } | null | undefined)?.submit === 'function') throw error

@@ -12,6 +12,7 @@ export {
   PgInvalidOptionError,
   PgNotReadyError,
   PgPoolClosedError,
+  PgReleasedError,
   PgRequestEndedError,
   PgUnavailableError,
   isConnectionError
@@ -65,6 +66,11 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
   // The handle needs the response to learn when the request ends; nothing else runs per request.
   fastify.addHook('onRequest', (request, reply, done) => {
     (request as FastifyRequest & Internals)[kReply] = reply
+    done()
+  })
+  // preClose runs before Fastify waits for in-flight requests: the close deadline starts there.
+  fastify.addHook('preClose', (done) => {
+    pool.drain()
     done()
   })
   fastify.addHook('onClose', () => pool.close())

@@ -1,5 +1,5 @@
 import type { Client, ClientBase, ClientConfig, PoolConfig } from 'pg'
-import { PgInvalidOptionError, redactConnectionString } from './errors.js'
+import { PgInvalidOptionError } from './errors.js'
 
 /** Options of the plugin itself; every `pg.PoolConfig` field is accepted beside them. */
 export interface PgPoolPluginOptions {
@@ -71,9 +71,7 @@ const POOL_KEYS = new Set([
 
 function describe (name: string, value: unknown): string {
   if (name === 'password') return 'a value of type ' + typeof value
-  if (typeof value === 'string') {
-    return `\`${name === 'connectionString' ? redactConnectionString(value) : value}\` (string)`
-  }
+  if (typeof value === 'string') return `\`${value}\` (string)`
   if (typeof value === 'function') return 'a function'
   if (value !== null && typeof value === 'object') return 'an object'
   return `\`${String(value)}\` (${value === null ? 'null' : typeof value})`

@@ -5,6 +5,7 @@ import {
   PgAcquireTimeoutError,
   PgDoubleReleaseError,
   PgPoolClosedError,
+  PgReleasedError,
   PgUnavailableError,
   withRetryAfter
 } from './errors.js'
@@ -53,17 +54,19 @@ export class PgPool {
   readonly #all = new Set<Conn>()
   readonly #idle: Conn[] = []
   readonly #waiters = new Set<Waiter>()
+  /** open → closing (app.close(): no new checkouts) → closed (nothing left open). */
   #state: 'open' | 'closing' | 'closed' = 'open'
   #housekeeper: NodeJS.Timeout | undefined
-  #closed: Promise<void> | undefined
-  #onEmpty: (() => void) | undefined
+  #closeTimer: NodeJS.Timeout | undefined
+  #onClosed!: () => void
+  readonly #closed = new Promise<void>((resolve) => { this.#onClosed = resolve })
 
   constructor (opts: ResolvedOptions, log: FastifyBaseLogger) {
     this.#opts = opts
     this.#log = log
-    const period = Math.min(opts.idleTimeoutMs, opts.maxLifetimeMs) / 2
-    if (Number.isFinite(period)) {
-      this.#housekeeper = setInterval(() => this.#sweep(), Math.max(10, Math.min(period, 5000))).unref()
+    // Closing idle connections on time to the millisecond is not worth a timer per release.
+    if (Number.isFinite(opts.idleTimeoutMs)) {
+      this.#housekeeper = setInterval(() => this.#sweep(), Math.max(10, Math.min(opts.idleTimeoutMs / 2, 5000))).unref()
     }
   }
 
@@ -78,6 +81,7 @@ export class PgPool {
   }
 
   /**
+   * @internal The plugin's checkout; users call `connect()`, which returns a guarded client.
    * Checks out a healthy connection within `acquireTimeoutMs`, or rejects with a coded 503.
    * A connection idle for `pingIdleMs` or longer is pinged first; a dead one is destroyed and
    * the checkout goes on with the next one, so the caller never sees it.
@@ -86,22 +90,26 @@ export class PgPool {
     const deadline = performance.now() + this.#opts.acquireTimeoutMs
     for (;;) {
       const conn = await this.#take(deadline, signal, log)
-      if (signal?.aborted === true || this.#state !== 'open') {
-        this.#checkin(conn)
-        throw this.#state === 'open' ? signal?.reason : this.#closedError()
-      }
-      if (await this.#usable(conn, deadline, log)) {
-        conn.state = 'lent'
-        conn.lentAt = performance.now()
-        conn.uses++
-        if (this.#opts.allowExitOnIdle) conn.holdProcess(true)
-        return conn
-      }
+      this.#stillWanted(conn, signal)
+      if (!await this.#usable(conn, deadline, log)) continue
+      this.#stillWanted(conn, signal) // the ping took a round trip: look again
+      conn.state = 'lent'
+      conn.lentAt = performance.now()
+      conn.uses++
+      if (this.#opts.allowExitOnIdle) conn.holdProcess(true)
+      return conn
     }
   }
 
+  /** A checkout whose caller left, or whose pool closed, puts its connection back and fails. */
+  #stillWanted (conn: Conn, signal: AbortSignal | undefined): void {
+    if (signal?.aborted !== true && this.#state === 'open') return
+    this.#checkin(conn)
+    throw this.#state === 'open' ? signal?.reason : this.#closedError()
+  }
+
   /**
-   * Takes back a connection from `acquire`. A query still running keeps it out of the pool
+   * @internal Takes back a connection from `acquire`. A query still running keeps it out of the pool
    * until it settles; an open or failed transaction is rolled back; a broken connection, or
    * one whose rollback fails, is destroyed.
    */
@@ -133,7 +141,7 @@ export class PgPool {
       released = true
       if (error) conn.broken = true
       this.release(conn)
-    })
+    }, () => new PgReleasedError())
   }
 
   /** `pool.query()`: one statement on a connection checked out for it alone. */
@@ -150,32 +158,44 @@ export class PgPool {
   }
 
   /**
+   * The app is shutting down (Fastify's preClose): from now on, connections have
+   * `closeTimeoutMs` to come back; after that they are destroyed, running queries and all.
+   * Requests still being served may go on checking out until then.
+   */
+  drain (): void {
+    if (this.#closeTimer !== undefined || this.#state === 'closed') return
+    this.#closeTimer = setTimeout(() => this.#shut(), this.#opts.closeTimeoutMs).unref()
+  }
+
+  /**
    * Stops handing out connections, fails the waiting checkouts, closes idle connections and
-   * waits up to `closeTimeoutMs` for checked-out ones before destroying them.
+   * waits for checked-out ones until the `closeTimeoutMs` deadline set by `drain()`.
    */
   close (): Promise<void> {
-    this.#closed ??= this.#drain()
+    this.drain()
+    if (this.#state === 'open') {
+      this.#state = 'closing'
+      for (const waiter of this.#waiters) this.#settle(waiter).reject(this.#closedError())
+      for (const conn of [...this.#idle]) this.#destroy(conn, 'close')
+      if (this.#all.size === 0) this.#shut()
+    }
     return this.#closed
   }
 
-  async #drain (): Promise<void> {
-    this.#state = 'closing'
+  /** The end: everything still open is destroyed. */
+  #shut (): void {
+    if (this.#state === 'closed') return
+    this.#state = 'closed'
+    clearTimeout(this.#closeTimer)
     clearInterval(this.#housekeeper)
     for (const waiter of this.#waiters) this.#settle(waiter).reject(this.#closedError())
-    for (const conn of [...this.#idle]) this.#destroy(conn, 'close')
-    if (this.#all.size > 0) {
-      let timer: NodeJS.Timeout | undefined
-      await new Promise<void>((resolve) => {
-        this.#onEmpty = resolve
-        timer = setTimeout(resolve, this.#opts.closeTimeoutMs).unref()
-      })
-      clearTimeout(timer)
-      for (const conn of this.#all) {
-        this.#log.warn({ heldMs: Math.round(performance.now() - conn.lentAt) }, 'fastify-pg-pool: destroying a connection still checked out at close')
-        this.#destroy(conn, 'close')
+    for (const conn of this.#all) {
+      if (conn.state === 'lent') {
+        this.#log.warn({ heldMs: Math.round(performance.now() - conn.lentAt) }, 'fastify-pg-pool: closeTimeoutMs passed; destroying a connection still checked out')
       }
+      this.#destroy(conn, 'close')
     }
-    this.#state = 'closed'
+    this.#onClosed()
   }
 
   #closedError (): Error {
@@ -201,7 +221,10 @@ export class PgPool {
         timer: undefined,
         onAbort: () => this.#settle(waiter).reject(signal?.reason)
       }
-      waiter.timer = setTimeout(() => this.#settle(waiter).reject(this.#timeoutError(log)), deadline - performance.now()).unref()
+      waiter.timer = setTimeout(() => {
+        const error = this.#timeoutError(log) // logs the queue as it was, this waiter included
+        this.#settle(waiter).reject(error)
+      }, deadline - performance.now()).unref()
       signal?.addEventListener('abort', waiter.onAbort, { once: true })
       this.#waiters.add(waiter)
     })
@@ -242,13 +265,15 @@ export class PgPool {
       await client.connect()
       if (onConnect !== undefined) await onConnect(client)
       conn.state = 'checking'
+      if (Number.isFinite(this.#opts.maxLifetimeMs)) {
+        conn.lifetime = setTimeout(() => this.#expire(conn), this.#opts.maxLifetimeMs).unref()
+      }
     } catch (error) {
       this.#destroy(conn, 'error')
       if (this.#state !== 'open') throw this.#closedError()
       if (performance.now() >= deadline - 1) throw this.#timeoutError(this.#log)
-      const reason = error instanceof Error ? error.message : String(error)
       this.#log.warn({ err: error }, 'fastify-pg-pool: could not open a connection')
-      throw withRetryAfter(new PgUnavailableError(reason, { cause: error }), 1)
+      throw withRetryAfter(new PgUnavailableError(String((error as Error).message), { cause: error }), 1)
     }
     return conn
   }
@@ -273,26 +298,19 @@ export class PgPool {
     } as Client['query']
   }
 
-  /** Is this connection fit to hand out? Destroys it when it is not. */
+  /** Is this connection fit to hand out? Pings it if it idled; destroys it if it is dead. */
   async #usable (conn: Conn, deadline: number, log: FastifyBaseLogger): Promise<boolean> {
     const now = performance.now()
-    if (conn.broken) {
-      this.#destroy(conn, 'error')
-      return false
-    }
-    if (now - conn.createdAt >= this.#opts.maxLifetimeMs) {
-      this.#destroy(conn, 'lifetime')
-      return false
-    }
     if (conn.uses === 0 || now - conn.idleSince < this.#opts.pingIdleMs) return true
-    const remaining = deadline - now
-    if (remaining <= 0) {
+    const timeoutMs = Math.min(this.#opts.pingTimeoutMs, deadline - now)
+    /* c8 ignore next 4 -- only when a connection reaches a waiter within microseconds of its deadline */
+    if (timeoutMs <= 0) {
       this.#checkin(conn)
       throw this.#timeoutError(log)
     }
     const idleMs = Math.round(now - conn.idleSince)
     try {
-      await roundTrip(conn.client, '', Math.min(this.#opts.pingTimeoutMs, remaining))
+      await roundTrip(conn.client, '', timeoutMs)
       return true
     } catch (error) {
       log.debug({ err: error, idleMs }, 'fastify-pg-pool: ping failed; replacing the connection')
@@ -307,6 +325,7 @@ export class PgPool {
     const done = (): void => {
       client.off('drain', done)
       client.off('end', done)
+      if (conn.state !== 'returning') return // destroyed meanwhile (close)
       conn.state = 'lent'
       this.release(conn)
     }
@@ -327,9 +346,11 @@ export class PgPool {
 
   /** Puts a connection back in the pool, or destroys it if it must not be reused. */
   #checkin (conn: Conn): void {
+    if (conn.state === 'gone') return
     if (conn.broken) return this.#destroy(conn, 'error')
     if (this.#state !== 'open') return this.#destroy(conn, 'close')
     if (conn.uses >= this.#opts.maxUses) return this.#destroy(conn, 'uses')
+    if (conn.expired) return this.#destroy(conn, 'lifetime')
     conn.state = 'idle'
     conn.idleSince = performance.now()
     if (this.#opts.allowExitOnIdle) conn.holdProcess(false)
@@ -342,23 +363,30 @@ export class PgPool {
     if (conn.state === 'idle') this.#idle.splice(this.#idle.indexOf(conn), 1)
     conn.state = 'gone'
     conn.broken = true
+    clearTimeout(conn.lifetime)
     this.#all.delete(conn)
     this.#log.debug({ reason }, 'fastify-pg-pool: connection closed')
     // end() is graceful on a healthy idle socket and destroys one that is dead or mid-query.
     conn.client.end().catch(noop)
-    if (this.#all.size === 0) this.#onEmpty?.()
+    if (this.#state === 'closing' && this.#all.size === 0) this.#shut()
     this.#pulse()
   }
 
-  /** Closes idle connections past `idleTimeoutMillis` (down to `min`) or past their lifetime. */
+  /** Closes idle connections past `idleTimeoutMillis`, down to `min`. */
   #sweep (): void {
     const now = performance.now()
-    const { idleTimeoutMs, maxLifetimeMs, min } = this.#opts
-    // Oldest-idle first: the bottom of the stack.
+    const { idleTimeoutMs, min } = this.#opts
+    // The bottom of the stack idled longest.
     for (const conn of this.#idle.slice()) {
-      if (now - conn.createdAt >= maxLifetimeMs) this.#destroy(conn, 'lifetime')
-      else if (now - conn.idleSince >= idleTimeoutMs && this.#all.size > min) this.#destroy(conn, 'idle')
+      if (this.#all.size <= min || now - conn.idleSince < idleTimeoutMs) return
+      this.#destroy(conn, 'idle')
     }
+  }
+
+  /** A connection reached its lifetime: closed now if idle, else when it comes back. */
+  #expire (conn: Conn): void {
+    conn.expired = true
+    if (conn.state === 'idle') this.#destroy(conn, 'lifetime')
   }
 }
 

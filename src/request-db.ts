@@ -47,11 +47,12 @@ export class RequestHandle implements RequestDb {
   readonly #queue: Job[] = []
   #client: PoolClient | undefined
 
-  constructor (pool: PgPool, log: FastifyBaseLogger, response: { closed: boolean, once (event: 'close', fn: () => void): unknown }) {
+  constructor (pool: PgPool, log: FastifyBaseLogger, response: { destroyed: boolean, once (event: 'close', fn: () => void): unknown }) {
     this.#pool = pool
     this.#log = log
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
-    if (response.closed) this.#state = 'released'
+    // `destroyed` is set just before it (Node and light-my-request alike): too late to listen.
+    if (response.destroyed) this.#state = 'released'
     else response.once('close', () => this.#move('released'))
   }
 
@@ -74,7 +75,12 @@ export class RequestHandle implements RequestDb {
     const conn = this.#conn as Conn
     // release() cannot return it early: the plugin returns it when the request ends.
     // release(err) asks for it to be destroyed then, as with pg-pool.
-    this.#client ??= guardClient(conn, () => this.#state === 'held', (error) => { if (error) conn.broken = true })
+    this.#client ??= guardClient(
+      conn,
+      () => this.#state === 'held',
+      (error) => { if (error) conn.broken = true },
+      () => new PgRequestEndedError()
+    )
     return this.#client
   }
 
@@ -87,7 +93,9 @@ export class RequestHandle implements RequestDb {
         const abort = this.#abort = new AbortController()
         this.#checkout = this.#pool.acquire({ signal: abort.signal, log: this.#log })
         this.#checkout.then(
-          (got) => this.#state === 'acquiring' ? this.#move('held', got) : this.#pool.release(got),
+          // The pool checks the abort signal last thing before it resolves, and the request
+          // can only end in a later event: the state is still 'acquiring' here.
+          (got) => this.#move('held', got),
           (error: unknown) => {
             if (this.#state === 'acquiring') this.#move('unused')
             this.#fail(error)

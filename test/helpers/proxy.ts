@@ -3,10 +3,14 @@
  * - blackhole(): existing connections go silent in both directions while their sockets stay
  *   open (a NAT or load balancer that forgot the flow); new connections still pass.
  * - reset(): existing connections are closed with a TCP RST.
+ * - forget(): existing connections are forgotten: the next bytes either side sends are answered
+ *   with a RST (a NAT that lost the flow, a load balancer that failed over).
+ * - hold() / resume(): existing connections stall (bytes wait in the kernel), then flow again:
+ *   a slow network, under the test's control.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net'
 
-interface Pair { client: Socket, upstream: Socket, silent: boolean }
+interface Pair { client: Socket, upstream: Socket, silent: boolean, forgotten: boolean }
 
 export class TcpProxy {
   readonly #server: Server
@@ -40,6 +44,24 @@ export class TcpProxy {
     for (const pair of this.#pairs) pair.silent = true
   }
 
+  forget (): void {
+    for (const pair of this.#pairs) pair.forgotten = true
+  }
+
+  hold (): void {
+    for (const pair of this.#pairs) {
+      pair.client.pause()
+      pair.upstream.pause()
+    }
+  }
+
+  resume (): void {
+    for (const pair of this.#pairs) {
+      pair.client.resume()
+      pair.upstream.resume()
+    }
+  }
+
   reset (): void {
     for (const pair of this.#pairs) {
       pair.client.resetAndDestroy()
@@ -57,10 +79,17 @@ export class TcpProxy {
 
   #accept (client: Socket): void {
     const upstream = connect(this.#target, '127.0.0.1')
-    const pair: Pair = { client, upstream, silent: false }
+    const pair: Pair = { client, upstream, silent: false, forgotten: false }
     this.#pairs.add(pair)
     const forward = (from: Socket, to: Socket): void => {
-      from.on('data', (chunk) => { if (!pair.silent) to.write(chunk) })
+      from.on('data', (chunk) => {
+        if (pair.forgotten) {
+          from.resetAndDestroy()
+          to.resetAndDestroy()
+        } else if (!pair.silent) {
+          to.write(chunk)
+        }
+      })
       from.on('end', () => { if (!pair.silent) to.end() })
       from.on('error', () => {})
       from.on('close', () => {

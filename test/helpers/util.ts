@@ -1,3 +1,4 @@
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process'
 import http from 'node:http'
 import type { FastifyInstance } from 'fastify'
 
@@ -64,4 +65,14 @@ export function send (url: string, { method = 'GET', body }: { method?: string, 
   })
   req.end(payload)
   return { req, done, headers: headers.promise }
+}
+
+/**
+ * Runs a Node script in a child process that stays out of the coverage report (it runs built
+ * files, or sources compiled another way). tap's process tracking re-adds its hooks to any
+ * environment it is given, so `env -u` removes them in the child's own exec.
+ */
+export function runNode (args: string[], options: { timeout?: number } = {}): SpawnSyncReturns<string> {
+  const unset = ['NODE_OPTIONS', 'NODE_V8_COVERAGE'].flatMap((name) => ['-u', name])
+  return spawnSync('env', [...unset, process.execPath, ...args], { encoding: 'utf8', ...options })
 }

@@ -1,0 +1,104 @@
+/**
+ * Connections that die: a backend terminated while checked out or while idle never crashes
+ * the process and is never handed out again; transactions left open are rolled back on return.
+ */
+import t from 'tap'
+import { assertReturned, buildApp } from './helpers/app.js'
+import { setupDatabase } from './helpers/postgres.js'
+import { proxied } from './helpers/net.js'
+import { deferred, until } from './helpers/util.js'
+
+const db = await setupDatabase(t)
+await db.admin('create table items (note text not null)')
+t.beforeEach(async () => { await db.admin('truncate items') })
+
+const terminate = (pid: number): Promise<unknown> => db.admin('select pg_terminate_backend($1)', [pid])
+
+t.test('a backend terminated while checked out: that request fails cleanly, the next succeeds', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  const pidSeen = deferred<number>()
+  const proceed = deferred()
+  app.get('/victim', async (req) => {
+    const { rows } = await req.db.query('select pg_backend_pid() as pid')
+    pidSeen.resolve(rows[0].pid)
+    await proceed.promise
+    await req.db.query('select 1')
+    return 'unreachable'
+  })
+  app.get('/pid', async (req) => (await req.db.query('select pg_backend_pid() as pid')).rows[0])
+
+  const victim = app.inject('/victim')
+  const pid = await pidSeen.promise
+  await terminate(pid)
+  // pg reports the termination on the socket; without a listener this would crash the process.
+  await until(async () => (await db.admin('select 1 from pg_stat_activity where pid = $1', [pid])).rowCount === 0, 'the backend is gone')
+  proceed.resolve()
+  const res = await victim
+  t.equal(res.statusCode, 500, 'the request whose connection died gets a 5xx')
+  await assertReturned(t, app, db)
+  const next = await app.inject('/pid')
+  t.equal(next.statusCode, 200)
+  t.not(next.json<{ pid: number }>().pid, pid, 'the dead connection was destroyed, not pooled')
+})
+
+t.test('idle backends terminated: removed from the pool, requests keep succeeding', async (t) => {
+  const app = await buildApp(t, db, { max: 3, pingIdleMs: false })
+  app.get('/pid', async (req) => (await req.db.query('select pg_backend_pid() as pid')).rows[0])
+  const first = await Promise.all([app.inject('/pid'), app.inject('/pid'), app.inject('/pid')])
+  const pids = first.map((r) => r.json<{ pid: number }>().pid)
+  t.equal(app.pg.stats().idle, app.pg.stats().total)
+  await db.admin("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'fpp-app'")
+  // The server's notice reaches each idle client as an 'error' and 'end': the pool drops them.
+  await until(() => app.pg.stats().total === 0, 'the terminated idle connections left the pool')
+  for (let i = 0; i < 5; i++) {
+    const res = await app.inject('/pid')
+    t.equal(res.statusCode, 200)
+    t.notOk(pids.includes(res.json<{ pid: number }>().pid))
+  }
+})
+
+t.test('returned inside an open transaction: rolled back, then pooled', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.post('/', async (req) => {
+    await req.db.query('begin')
+    await req.db.query("insert into items values ('uncommitted')")
+    return (await req.db.query('select pg_backend_pid() as pid')).rows[0]
+  })
+  const res = await app.inject({ method: 'POST', url: '/' })
+  t.equal(res.statusCode, 200)
+  await assertReturned(t, app, db)
+  t.same((await db.admin('select * from items')).rows, [])
+  const { rows } = await db.admin('select state from pg_stat_activity where pid = $1', [res.json<{ pid: number }>().pid])
+  t.same(rows, [{ state: 'idle' }], 'the same backend is idle, back in the pool')
+})
+
+t.test('returned inside a failed transaction: rolled back, then pooled', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.post('/', async (req) => {
+    await req.db.query('begin')
+    await req.db.query("insert into items values ('doomed')")
+    await t.rejects(req.db.query('select * from no_such_table'), { code: '42P01' })
+    return 'handled'
+  })
+  t.equal((await app.inject({ method: 'POST', url: '/' })).statusCode, 200)
+  await assertReturned(t, app, db)
+  t.equal(app.pg.stats().total, 1, 'the connection was kept')
+  t.same((await db.admin('select * from items')).rows, [])
+})
+
+t.test('a rollback that cannot complete destroys the connection', async (t) => {
+  const { proxy, url } = await proxied(t, db)
+  const app = await buildApp(t, db, { max: 1, connectionString: url, pingTimeoutMs: 200 })
+  app.post('/', async (req) => {
+    await req.db.query('begin')
+    await req.db.query("insert into items values ('stranded')")
+    proxy.blackhole()
+    return 'ok'
+  })
+  t.equal((await app.inject({ method: 'POST', url: '/' })).statusCode, 200)
+  await until(() => app.pg.stats().total === 0, 'the connection whose rollback timed out is destroyed')
+  // The server keeps the stranded session (the blackhole holds its socket open) until its own
+  // timeouts act; what matters is that the app never reuses it.
+  const { rows } = await app.pg.query('select count(*)::int as n from items')
+  t.same(rows, [{ n: 0 }], 'a new connection serves, and never saw the stranded insert')
+})

@@ -1,0 +1,54 @@
+import Fastify, { type FastifyPluginAsync } from 'fastify'
+import type { PoolClient, QueryResult } from 'pg'
+import { expect, test } from 'tstyche'
+import pgPool, {
+  PgAcquireTimeoutError,
+  pgPool as named,
+  type PgPoolOptions,
+  type PoolStats,
+  type RequestDb
+} from '../../src/index.js'
+
+const app = Fastify()
+
+test('the plugin registers with pg.PoolConfig fields and the plugin options', () => {
+  expect(pgPool).type.toBe(named)
+  expect(pgPool).type.toBeAssignableTo<FastifyPluginAsync<PgPoolOptions>>()
+  expect(app.register(pgPool, {
+    connectionString: 'postgres://localhost/db',
+    max: 10,
+    idleTimeoutMillis: 10_000,
+    ssl: { rejectUnauthorized: true },
+    application_name: 'api',
+    pingIdleMs: false,
+    pingTimeoutMs: 500,
+    acquireTimeoutMs: 2000,
+    closeTimeoutMs: 10_000
+  })).type.not.toRaiseError()
+  expect(app.register(pgPool, { pingIdleMs: 'soon' })).type.toRaiseError()
+  expect(app.register(pgPool, { acquireTimeoutMs: '1s' })).type.toRaiseError()
+})
+
+test('request.db.query returns typed rows', () => {
+  app.get('/', async (req) => {
+    expect(req.db).type.toBe<RequestDb>()
+    const result = await req.db.query<{ id: number }>('select 1 as id', [1])
+    expect(result).type.toBe<QueryResult<{ id: number }>>()
+    expect(result.rows[0]?.id).type.toBe<number | undefined>()
+    expect(await req.db.query({ text: 'select 1', values: [] })).type.toBe<QueryResult<any>>()
+    expect(await req.db.connection()).type.toBe<PoolClient>()
+    expect(req.db.query(1)).type.toRaiseError()
+    return 'ok'
+  })
+})
+
+test('fastify.pg', () => {
+  expect(app.pg.stats()).type.toBe<PoolStats>()
+  expect(app.pg.query<{ n: number }>('select 1 as n')).type.toBe<Promise<QueryResult<{ n: number }>>>()
+  expect(app.pg.pool.connect()).type.toBe<Promise<PoolClient>>()
+})
+
+test('errors carry their code', () => {
+  expect(new PgAcquireTimeoutError(100).code).type.toBe<'FST_PG_ACQUIRE_TIMEOUT'>()
+  expect(new PgAcquireTimeoutError(100).statusCode).type.toBe<503>()
+})
