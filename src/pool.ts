@@ -148,12 +148,13 @@ export class PgPool {
   async query<R extends QueryResultRow = any>(textOrConfig: string | QueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
     const conn = await this.acquire()
     try {
-      return await conn.client.query<R>(textOrConfig as string, values)
+      const result = await conn.client.query<R>(textOrConfig as string, values)
+      this.release(conn)
+      return result
     } catch (error) {
       conn.failed(error)
-      throw error
-    } finally {
       this.release(conn)
+      throw error
     }
   }
 
@@ -315,7 +316,8 @@ export class PgPool {
     } catch (error) {
       log.debug({ err: error, idleMs }, 'fastify-pg-pool: ping failed; replacing the connection')
       this.#destroy(conn, 'ping')
-      if (performance.now() >= deadline) throw this.#timeoutError(log)
+      // Timers fire on the loop's millisecond clock, which may trail performance.now().
+      if (performance.now() >= deadline - 1) throw this.#timeoutError(log)
       return false
     }
   }

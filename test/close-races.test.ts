@@ -47,6 +47,7 @@ t.test('close deadline while a returned connection waits for its running query',
   const ended = deferred()
   app.get('/', async (req, reply) => {
     reply.raw.once('close', () => ended.resolve())
+    await req.db.query('select 1') // checked out
     const pending = req.db.query('select pg_advisory_xact_lock($1)', [LOCK])
     blocked.resolve()
     await pending.catch(() => {})

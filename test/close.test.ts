@@ -49,6 +49,7 @@ t.test('closeTimeoutMs after close began, a connection still held is destroyed a
   const holding = deferred()
   const handlerError = deferred<unknown>()
   app.get('/', async (req) => {
+    await req.db.query('select 1') // checked out
     const pending = req.db.query('select pg_advisory_xact_lock($1)', [LOCK])
     holding.resolve()
     try {
