@@ -91,8 +91,10 @@ export class PgPool {
     for (;;) {
       const conn = await this.#take(deadline, signal, log)
       this.#stillWanted(conn, signal)
-      if (!await this.#usable(conn, deadline, log)) continue
-      this.#stillWanted(conn, signal) // the ping took a round trip: look again
+      if (this.#idledTooLong(conn)) {
+        if (!await this.#ping(conn, deadline, log)) continue
+        this.#stillWanted(conn, signal) // the ping took a round trip: look again
+      }
       conn.state = 'lent'
       conn.lentAt = performance.now()
       conn.uses++
@@ -209,7 +211,7 @@ export class PgPool {
     if (this.#waiters.size === 0) {
       const conn = this.#idle.pop()
       if (conn !== undefined) return claim(conn)
-      if (this.#all.size < this.#opts.max) return this.#open(deadline)
+      if (this.#all.size < this.#opts.max) return this.#open(deadline, log)
     }
     if (signal?.aborted === true) throw signal.reason
     return new Promise<Conn>((resolve, reject) => {
@@ -245,7 +247,7 @@ export class PgPool {
       const conn = this.#idle.pop()
       if (conn === undefined && this.#all.size >= this.#opts.max) return
       const waiter = this.#settle(this.#waiters.values().next().value as Waiter)
-      waiter.resolve(conn === undefined ? this.#open(waiter.deadline) : claim(conn))
+      waiter.resolve(conn === undefined ? this.#open(waiter.deadline, waiter.log) : claim(conn))
     }
   }
 
@@ -255,7 +257,7 @@ export class PgPool {
     return withRetryAfter(new PgAcquireTimeoutError(acquireTimeoutMs), 1)
   }
 
-  async #open (deadline: number): Promise<Conn> {
+  async #open (deadline: number, log: FastifyBaseLogger): Promise<Conn> {
     const { Client, client: config, connectTimeoutMs, onConnect } = this.#opts
     const remaining = Math.max(1, Math.ceil(deadline - performance.now()))
     const client = new Client({ ...config, connectionTimeoutMillis: Math.min(connectTimeoutMs || remaining, remaining) })
@@ -272,8 +274,8 @@ export class PgPool {
     } catch (error) {
       this.#destroy(conn, 'error')
       if (this.#state !== 'open') throw this.#closedError()
-      if (performance.now() >= deadline - 1) throw this.#timeoutError(this.#log)
-      this.#log.warn({ err: error }, 'fastify-pg-pool: could not open a connection')
+      if (performance.now() >= deadline - 1) throw this.#timeoutError(log)
+      log.warn({ err: error }, 'fastify-pg-pool: could not open a connection')
       throw withRetryAfter(new PgUnavailableError(String((error as Error).message), { cause: error }), 1)
     }
     return conn
@@ -299,10 +301,14 @@ export class PgPool {
     } as Client['query']
   }
 
-  /** Is this connection fit to hand out? Pings it if it idled; destroys it if it is dead. */
-  async #usable (conn: Conn, deadline: number, log: FastifyBaseLogger): Promise<boolean> {
+  /** A reused connection that idled `pingIdleMs` or longer is pinged before it is handed out. */
+  #idledTooLong (conn: Conn): boolean {
+    return conn.uses > 0 && performance.now() - conn.idleSince >= this.#opts.pingIdleMs
+  }
+
+  /** Pings; true if the connection answered, else destroys it. */
+  async #ping (conn: Conn, deadline: number, log: FastifyBaseLogger): Promise<boolean> {
     const now = performance.now()
-    if (conn.uses === 0 || now - conn.idleSince < this.#opts.pingIdleMs) return true
     const timeoutMs = Math.min(this.#opts.pingTimeoutMs, deadline - now)
     /* c8 ignore next 4 -- only when a connection reaches a waiter within microseconds of its deadline */
     if (timeoutMs <= 0) {

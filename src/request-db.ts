@@ -78,7 +78,7 @@ export class RequestHandle implements RequestDb {
     this.#client ??= guardClient(
       conn,
       () => this.#state === 'held',
-      (error) => { if (error) conn.broken = true },
+      (error) => { if (error && this.#state === 'held') conn.broken = true },
       () => new PgRequestEndedError()
     )
     return this.#client

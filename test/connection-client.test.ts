@@ -97,3 +97,20 @@ t.test('request.db first touched after the response closed: refused, nothing che
   t.match(await outcome.promise, { code: 'FST_PG_REQUEST_ENDED' })
   t.equal(app.pg.stats().total, 0)
 })
+
+t.test('a late release(err) from an ended request cannot condemn the next request\'s connection', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  const kept = deferred<PoolClient>()
+  app.get('/keep', async (req) => {
+    kept.resolve(await req.db.connection())
+    return 'ok'
+  })
+  app.get('/pid', async (req) => (await req.db.query('select pg_backend_pid() as pid')).rows[0])
+  await app.inject('/keep')
+  const stale = await kept.promise
+  const before = (await app.inject('/pid')).json().pid
+  stale.release(new Error('too late'))
+  await app.inject('/pid')
+  const after = (await app.inject('/pid')).json().pid
+  t.equal(after, before, 'the pooled connection was neither destroyed nor replaced')
+})

