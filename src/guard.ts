@@ -1,6 +1,25 @@
 import type { PoolClient } from 'pg'
 import type { Conn } from './conn.js'
 
+const noop = (): void => {}
+
+/** A cursor or stream passed to `client.query()` (pg-cursor, pg-query-stream, ...). */
+interface Submittable {
+  submit (...args: unknown[]): unknown
+  destroy?: () => unknown
+  close?: (callback: () => void) => unknown
+}
+
+export interface GuardedClient {
+  /** The real pg client, except for `query` (refused when over) and `release` (the checkout's). */
+  readonly client: PoolClient
+  /**
+   * Closes every cursor and stream opened through `client`. Called when the checkout ends:
+   * nobody can read them any more, and a suspended cursor would hold the connection forever.
+   */
+  closeCursors (): void
+}
+
 /**
  * A checked-out client as users receive it: the real pg client, except that `query` refuses
  * to run once the checkout is over (so it can never touch a connection someone else holds
@@ -11,17 +30,23 @@ export function guardClient (
   usable: () => boolean,
   release: (error?: Error | boolean) => void,
   refusal: () => Error
-): PoolClient {
+): GuardedClient {
   const { client } = conn
+  const cursors: Submittable[] = []
   const query = (...args: unknown[]): unknown => {
-    if (usable()) return (client.query as (...a: unknown[]) => unknown)(...args)
+    const first = args[0] as Partial<Submittable> | null | undefined
+    const submittable = typeof first?.submit === 'function'
+    if (usable()) {
+      if (submittable) cursors.push(first as Submittable)
+      return (client.query as (...a: unknown[]) => unknown)(...args)
+    }
     const error = refusal()
     const last = args[args.length - 1]
     if (typeof last === 'function') return process.nextTick(last as (e: Error) => void, error)
-    if (typeof (args[0] as { submit?: unknown } | null | undefined)?.submit === 'function') throw error
+    if (submittable) throw error
     return Promise.reject(error)
   }
-  return new Proxy(client as PoolClient, {
+  const proxy = new Proxy(client as PoolClient, {
     get (target, key) {
       if (key === 'query') return query
       if (key === 'release') return release
@@ -29,4 +54,15 @@ export function guardClient (
       return typeof value === 'function' ? value.bind(target) : value
     }
   })
+  return {
+    client: proxy,
+    closeCursors () {
+      // A stream's destroy() closes its cursor; a bare cursor has close(). Both are no-ops
+      // once the cursor is done.
+      for (const cursor of cursors.splice(0)) {
+        if (typeof cursor.destroy === 'function') cursor.destroy()
+        else if (typeof cursor.close === 'function') cursor.close(noop)
+      }
+    }
+  }
 }

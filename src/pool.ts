@@ -138,12 +138,14 @@ export class PgPool {
   async connect (): Promise<PoolClient> {
     const conn = await this.acquire()
     let released = false
-    return guardClient(conn, () => !released, (error) => {
+    const guarded = guardClient(conn, () => !released, (error) => {
       if (released) throw new PgDoubleReleaseError()
       released = true
       if (error) conn.broken = true
+      guarded.closeCursors()
       this.release(conn)
     }, () => new PgReleasedError())
+    return guarded.client
   }
 
   /** `pool.query()`: one statement on a connection checked out for it alone. */

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import { PgRequestEndedError } from './errors.js'
-import { guardClient } from './guard.js'
+import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn } from './conn.js'
 import type { PgPool } from './pool.js'
 
@@ -45,7 +45,7 @@ export class RequestHandle implements RequestDb {
   #running = false
   /** Statements waiting for the checkout or for the one running. */
   readonly #queue: Job[] = []
-  #client: PoolClient | undefined
+  #guarded: GuardedClient | undefined
 
   constructor (pool: PgPool, log: FastifyBaseLogger, response: { destroyed: boolean, once (event: 'close', fn: () => void): unknown }) {
     this.#pool = pool
@@ -75,13 +75,13 @@ export class RequestHandle implements RequestDb {
     const conn = this.#conn as Conn
     // release() cannot return it early: the plugin returns it when the request ends.
     // release(err) asks for it to be destroyed then, as with pg-pool.
-    this.#client ??= guardClient(
+    this.#guarded ??= guardClient(
       conn,
       () => this.#state === 'held',
       (error) => { if (error && this.#state === 'held') conn.broken = true },
       () => new PgRequestEndedError()
     )
-    return this.#client
+    return this.#guarded.client
   }
 
   /** The one place where the state changes, with everything each change implies. */
@@ -113,7 +113,10 @@ export class RequestHandle implements RequestDb {
       case 'released':
         this.#fail(new PgRequestEndedError())
         if (prev === 'acquiring') (this.#abort as AbortController).abort(new PgRequestEndedError())
-        else if (prev === 'held') this.#pool.release(this.#conn as Conn)
+        else if (prev === 'held') {
+          this.#guarded?.closeCursors()
+          this.#pool.release(this.#conn as Conn)
+        }
         this.#conn = undefined
         break
     }

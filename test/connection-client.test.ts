@@ -4,6 +4,7 @@
  */
 import t from 'tap'
 import type { PoolClient } from 'pg'
+import Cursor from 'pg-cursor'
 import { assertReturned, buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred } from './helpers/util.js'
@@ -113,4 +114,14 @@ t.test('a late release(err) from an ended request cannot condemn the next reques
   await app.inject('/pid')
   const after = (await app.inject('/pid')).json().pid
   t.equal(after, before, 'the pooled connection was neither destroyed nor replaced')
+})
+
+t.test('pool.connect(): release() with a cursor still open closes the cursor and pools the connection', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  const client = await app.pg.pool.connect()
+  const cursor = client.query(new Cursor('select i from generate_series(1, 100000) as i'))
+  t.equal((await cursor.read(10)).length, 10)
+  client.release()
+  await assertReturned(t, app, db)
+  t.equal(app.pg.stats().total, 1, 'kept, not destroyed')
 })

@@ -4,7 +4,8 @@
  * Queries that must still be running when the request ends block on an advisory lock held by
  * the test, so nothing depends on timing.
  */
-import { Readable } from 'node:stream'
+import { Readable, Transform } from 'node:stream'
+import QueryStream from 'pg-query-stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import { appBackends, assertReturned, buildApp } from './helpers/app.js'
@@ -235,4 +236,26 @@ t.test('12. a serialization error after the query', async (t) => {
   t.equal(res.statusCode, 500)
   await assertReturned(t, app, db)
   t.same(await notes(), [])
+})
+
+t.test('9b. a pg-query-stream reply (connection() + cursor) aborted mid-stream', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/', async (req, reply) => {
+    const client = await req.db.connection()
+    const rows = client.query(new QueryStream('select i, repeat($1, 200) as pad from generate_series(1, 1000000) as i', ['x'], { batchSize: 100 }))
+    const lines = new Transform({
+      objectMode: true,
+      transform (row, _enc, done) { done(null, JSON.stringify(row) + '\n') }
+    })
+    rows.on('error', (error) => lines.destroy(error))
+    return reply.type('application/x-ndjson').send(rows.pipe(lines))
+  })
+  const url = await listen(app)
+  const sent = send(url)
+  const res = await sent.headers
+  await new Promise((resolve) => res.once('data', resolve))
+  sent.req.destroy()
+  await sent.done
+  await assertReturned(t, app, db)
+  t.equal(app.pg.stats().total, 1, 'the cursor was closed and the connection kept')
 })
