@@ -3,7 +3,7 @@ import type { Client } from 'pg'
 import { isConnectionError } from './errors.js'
 
 /** Why a connection left the pool for good. */
-export type DestroyReason = 'error' | 'ping' | 'idle' | 'lifetime' | 'uses' | 'close'
+export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close'
 
 /** Where a connection is: a connection is in exactly one of these. */
 type ConnState = 'opening' | 'idle' | 'checking' | 'lent' | 'returning' | 'gone'
@@ -29,8 +29,19 @@ export class Conn {
   expired = false
   lifetime: NodeJS.Timeout | undefined
 
-  constructor (client: Client) {
+  readonly #onLost: (conn: Conn) => void
+
+  /** `onLost` hears of the first sign that the connection died under us. */
+  constructor (client: Client, onLost: (conn: Conn) => void) {
     this.client = client
+    this.#onLost = onLost
+  }
+
+  /** The connection died (its socket closed, or a connection-class error). */
+  lost (): void {
+    if (this.broken) return
+    this.broken = true
+    this.#onLost(this)
   }
 
   /** Lets the process exit while this connection is idle (`allowExitOnIdle`), or not. */
@@ -42,6 +53,6 @@ export class Conn {
 
   /** Records a query error; a connection-class one condemns the connection. */
   failed (error: unknown): void {
-    if (isConnectionError(error)) this.broken = true
+    if (isConnectionError(error)) this.lost()
   }
 }

@@ -17,7 +17,7 @@ export {
   PgUnavailableError,
   isConnectionError
 } from './errors.js'
-export type { PgPoolOptions, PgPoolPluginOptions } from './options.js'
+export type { PgPoolOptions, PgPoolPluginOptions, PgQueryConfig } from './options.js'
 export type { PgPool, PoolStats } from './pool.js'
 export type { RequestDb } from './request-db.js'
 

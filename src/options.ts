@@ -1,4 +1,4 @@
-import type { Client, ClientBase, ClientConfig, PoolConfig } from 'pg'
+import type { Client, ClientBase, ClientConfig, PoolConfig, QueryConfig } from 'pg'
 import { PgInvalidOptionError } from './errors.js'
 
 /** Options of the plugin itself; every `pg.PoolConfig` field is accepted beside them. */
@@ -22,11 +22,35 @@ export interface PgPoolPluginOptions {
    */
   acquireTimeoutMs?: number
   /**
+   * A connection older than this is never handed out again: closed when idle, or when it comes
+   * back if in use (SQLAlchemy's `pool_recycle`, HikariCP's `maxLifetime`). Keep it below the
+   * shortest idle or session timeout between the app and the database (PgBouncer
+   * `server_lifetime`, cloud proxies). `0` or `false`: no limit. pg-pool's `maxLifetimeSeconds`
+   * is used when this is not set.
+   * @default 1800000 (30 minutes)
+   */
+  maxLifetimeMs?: number | false
+  /**
+   * Each connection's lifetime is shortened by a random fraction up to this, so connections
+   * opened together are not all replaced together.
+   * @default 0.1
+   */
+  maxLifetimeJitter?: number
+  /**
    * On `app.close()`, how long to wait for checked-out connections to come back before they are
    * destroyed.
    * @default 10000
    */
   closeTimeoutMs?: number
+}
+
+/**
+ * pg's query config, plus `retry`: the statement is safe to run twice (a read, an idempotent
+ * write). After a connection-class error it is sent once more on a fresh connection, unless it
+ * ran inside a transaction. Off by default: a statement whose connection died may have run.
+ */
+export interface PgQueryConfig<I = any[]> extends QueryConfig<I> {
+  retry?: boolean
 }
 
 /** Everything `fastify.register(pgPool, opts)` accepts. */
@@ -42,6 +66,7 @@ export interface ResolvedOptions {
   readonly idleTimeoutMs: number
   readonly maxUses: number
   readonly maxLifetimeMs: number
+  readonly maxLifetimeJitter: number
   readonly allowExitOnIdle: boolean
   readonly connectTimeoutMs: number
   /** `Infinity` when pinging is off. */
@@ -59,14 +84,21 @@ export const defaults = {
   pingIdleMs: 1000,
   pingTimeoutMs: 1000,
   acquireTimeoutMs: 2000,
-  closeTimeoutMs: 10_000
+  closeTimeoutMs: 10_000,
+  maxLifetimeMs: 30 * 60_000,
+  maxLifetimeJitter: 0.1,
+  // TCP keepalive: the first probe after 10 s of silence keeps NAT and load-balancer flow
+  // tables warm (their idle timeouts are minutes: 350 s on AWS NLB, 4 min on Azure) and lets the
+  // kernel notice a dead peer on its own; pings at checkout catch the rest.
+  keepAlive: true,
+  keepAliveInitialDelayMillis: 10_000
 } as const
 
 // Pool-level keys: consumed here, never passed to a Client.
 const POOL_KEYS = new Set([
   'max', 'min', 'idleTimeoutMillis', 'log', 'Promise', 'allowExitOnIdle', 'maxUses',
   'maxLifetimeSeconds', 'Client', 'onConnect', 'verify', 'connectionTimeoutMillis',
-  'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs'
+  'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs', 'maxLifetimeMs', 'maxLifetimeJitter'
 ])
 
 function describe (name: string, value: unknown): string {
@@ -125,12 +157,23 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
   const ms = 'a positive finite number of milliseconds'
   const idle = opts.idleTimeoutMillis ?? defaults.idleTimeoutMillis
   if (typeof idle !== 'number' || !nonNegative(idle)) fail('idleTimeoutMillis', 'a finite number of milliseconds >= 0 (0 keeps idle connections)', idle)
-  const lifetime = num(opts, 'maxLifetimeSeconds', 0, nonNegative, 'a finite number of seconds >= 0 (0 means no limit)')
+  const lifetimeSeconds = num(opts, 'maxLifetimeSeconds', 0, nonNegative, 'a finite number of seconds >= 0 (0 means no limit)')
+  const lifetimeMs = opts.maxLifetimeMs
+  if (lifetimeMs !== undefined && lifetimeMs !== false && (typeof lifetimeMs !== 'number' || !nonNegative(lifetimeMs))) {
+    fail('maxLifetimeMs', 'a finite number of milliseconds >= 0, or false', lifetimeMs)
+  }
+  const lifetime = lifetimeMs === undefined
+    ? (opts.maxLifetimeSeconds === undefined ? defaults.maxLifetimeMs : lifetimeSeconds * 1000)
+    : (lifetimeMs || 0)
+  const jitter = num(opts, 'maxLifetimeJitter', defaults.maxLifetimeJitter, (v) => v >= 0 && v < 1, 'a fraction >= 0 and < 1')
   const maxUses = opts.maxUses === undefined || opts.maxUses === Infinity
     ? Infinity
     : num(opts, 'maxUses', Infinity, count, 'a whole number of at least 1, or Infinity')
 
-  const client: ClientConfig = {}
+  const client: ClientConfig = {
+    keepAlive: defaults.keepAlive,
+    keepAliveInitialDelayMillis: defaults.keepAliveInitialDelayMillis
+  }
   for (const key of Object.keys(opts) as (keyof PgPoolOptions)[]) {
     if (!POOL_KEYS.has(key)) (client as Record<string, unknown>)[key] = opts[key]
   }
@@ -145,7 +188,8 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     min,
     idleTimeoutMs: idle === 0 ? Infinity : idle,
     maxUses,
-    maxLifetimeMs: lifetime === 0 ? Infinity : lifetime * 1000,
+    maxLifetimeMs: lifetime === 0 ? Infinity : lifetime,
+    maxLifetimeJitter: jitter,
     allowExitOnIdle: opts.allowExitOnIdle === true,
     connectTimeoutMs: num(opts, 'connectionTimeoutMillis', 0, nonNegative, 'a finite number of milliseconds >= 0'),
     pingIdleMs: pingIdle === false ? Infinity : (pingIdle ?? defaults.pingIdleMs),

@@ -1,17 +1,18 @@
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Client, PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import type { Client, PoolClient, QueryResult, QueryResultRow } from 'pg'
 import {
   PgAcquireTimeoutError,
   PgDoubleReleaseError,
   PgPoolClosedError,
   PgReleasedError,
   PgUnavailableError,
+  isConnectionError,
   withRetryAfter
 } from './errors.js'
 import { Conn, type DestroyReason } from './conn.js'
 import { guardClient } from './guard.js'
-import type { ResolvedOptions } from './options.js'
+import type { PgQueryConfig, ResolvedOptions } from './options.js'
 
 const noop = (): void => {}
 
@@ -58,6 +59,12 @@ export class PgPool {
   #state: 'open' | 'closing' | 'closed' = 'open'
   #housekeeper: NodeJS.Timeout | undefined
   #closeTimer: NodeJS.Timeout | undefined
+  /**
+   * Connections that went idle before this moment are suspect: one of their peers died, so
+   * they are pinged at their next checkout whatever their idle time (SQLAlchemy's pool
+   * "invalidation", with a ping instead of a reconnect).
+   */
+  #suspectBefore = -Infinity
   #onClosed!: () => void
   readonly #closed = new Promise<void>((resolve) => { this.#onClosed = resolve })
 
@@ -91,7 +98,7 @@ export class PgPool {
     for (;;) {
       const conn = await this.#take(deadline, signal, log)
       this.#stillWanted(conn, signal)
-      if (this.#idledTooLong(conn)) {
+      if (this.#needsPing(conn)) {
         if (!await this.#ping(conn, deadline, log)) continue
         this.#stillWanted(conn, signal) // the ping took a round trip: look again
       }
@@ -148,8 +155,11 @@ export class PgPool {
     return guarded.client
   }
 
-  /** `pool.query()`: one statement on a connection checked out for it alone. */
-  async query<R extends QueryResultRow = any>(textOrConfig: string | QueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
+  /**
+   * `pool.query()`: one statement on a connection checked out for it alone. With
+   * `{ retry: true }` it is sent once more on a fresh connection after a connection-class error.
+   */
+  async query<R extends QueryResultRow = any>(textOrConfig: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
     const conn = await this.acquire()
     try {
       const result = await conn.client.query<R>(textOrConfig as string, values)
@@ -158,6 +168,9 @@ export class PgPool {
     } catch (error) {
       conn.failed(error)
       this.release(conn)
+      if (typeof textOrConfig === 'object' && textOrConfig.retry === true && isConnectionError(error)) {
+        return await this.query<R>({ ...textOrConfig, retry: false }, values)
+      }
       throw error
     }
   }
@@ -263,15 +276,18 @@ export class PgPool {
     const { Client, client: config, connectTimeoutMs, onConnect } = this.#opts
     const remaining = Math.max(1, Math.ceil(deadline - performance.now()))
     const client = new Client({ ...config, connectionTimeoutMillis: Math.min(connectTimeoutMs || remaining, remaining) })
-    const conn = new Conn(client)
+    const conn = new Conn(client, (lost) => this.#connectionLost(lost))
     this.#all.add(conn)
     this.#watch(conn)
     try {
       await client.connect()
       if (onConnect !== undefined) await onConnect(client)
       conn.state = 'checking'
-      if (Number.isFinite(this.#opts.maxLifetimeMs)) {
-        conn.lifetime = setTimeout(() => this.#expire(conn), this.#opts.maxLifetimeMs).unref()
+      const { maxLifetimeMs, maxLifetimeJitter } = this.#opts
+      if (Number.isFinite(maxLifetimeMs)) {
+        // Each connection gets its own lifetime, so a pool opened at once is not renewed at once.
+        const lifetime = maxLifetimeMs * (1 - Math.random() * maxLifetimeJitter)
+        conn.lifetime = setTimeout(() => this.#expire(conn), lifetime).unref()
       }
     } catch (error) {
       this.#destroy(conn, 'error')
@@ -287,9 +303,8 @@ export class PgPool {
   #watch (conn: Conn): void {
     const { client } = conn
     const lost = (error?: Error): void => {
-      conn.broken = true
       if (error !== undefined) this.#log.debug({ err: error }, 'fastify-pg-pool: connection error')
-      if (conn.state === 'idle') this.#destroy(conn, 'error')
+      conn.lost()
     }
     client.on('error', lost)
     client.on('end', () => lost())
@@ -303,9 +318,31 @@ export class PgPool {
     } as Client['query']
   }
 
-  /** A reused connection that idled `pingIdleMs` or longer is pinged before it is handed out. */
-  #idledTooLong (conn: Conn): boolean {
-    return conn.uses > 0 && performance.now() - conn.idleSince >= this.#opts.pingIdleMs
+  /**
+   * A reused connection is pinged before it is handed out if it idled `pingIdleMs` or longer,
+   * or went idle before a peer was found dead.
+   */
+  #needsPing (conn: Conn): boolean {
+    if (conn.uses === 0) return false
+    return conn.idleSince < this.#suspectBefore || performance.now() - conn.idleSince >= this.#opts.pingIdleMs
+  }
+
+  /**
+   * A connection died under us (a failover, a restart, a network cut, or just that backend).
+   * Its idle peers are suspect until proven alive; with pinging off they are closed.
+   */
+  #connectionLost (conn: Conn): void {
+    // (Not called for our own destroy: it marks the connection broken first.)
+    this.#suspectBefore = performance.now()
+    if (conn.state === 'idle') this.#destroy(conn, 'error')
+    if (this.#opts.pingIdleMs === Infinity) this.#closeSuspects('suspect')
+  }
+
+  /** Closes every idle connection that went idle before the last loss. */
+  #closeSuspects (reason: DestroyReason): void {
+    for (const idle of this.#idle.slice()) {
+      if (idle.idleSince < this.#suspectBefore) this.#destroy(idle, reason)
+    }
   }
 
   /** Pings; true if the connection answered, else destroys it. */
@@ -324,6 +361,10 @@ export class PgPool {
     } catch (error) {
       log.debug({ err: error, idleMs }, 'fastify-pg-pool: ping failed; replacing the connection')
       this.#destroy(conn, 'ping')
+      // Its idle peers most likely share its fate (a blackholed network, a failover): close
+      // them now rather than wait for one ping timeout each.
+      this.#suspectBefore = performance.now()
+      this.#closeSuspects('suspect')
       // Timers fire on the loop's millisecond clock, which may trail performance.now().
       if (performance.now() >= deadline - 1) throw this.#timeoutError(log)
       return false

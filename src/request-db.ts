@@ -1,8 +1,9 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from 'pg'
-import { PgRequestEndedError } from './errors.js'
+import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
+import { PgRequestEndedError, isConnectionError } from './errors.js'
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn } from './conn.js'
+import type { PgQueryConfig } from './options.js'
 import type { PgPool } from './pool.js'
 
 /** `request.db`: the request's lazily checked-out connection. */
@@ -12,7 +13,7 @@ export interface RequestDb {
    * of one request run one after another, in call order.
    */
   query<R extends QueryResultRow = any>(text: string, values?: unknown[]): Promise<QueryResult<R>>
-  query<R extends QueryResultRow = any>(config: QueryConfig): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = any>(config: PgQueryConfig): Promise<QueryResult<R>>
   /**
    * The checked-out client itself, for cursors, streams and COPY. The plugin still returns it
    * when the request ends: `release()` on it returns nothing early (`release(err)` marks it
@@ -22,14 +23,17 @@ export interface RequestDb {
 }
 
 /**
- * unused → acquiring → held → released, and acquiring → unused when the checkout fails.
- * `released` is final: it is entered when the response closes, on every path.
+ * unused → acquiring → held → released; acquiring → unused when the checkout fails; held →
+ * acquiring when a `retry` statement lost its connection. `released` is final: it is entered
+ * when the response closes, on every path.
  */
 type State = 'unused' | 'acquiring' | 'held' | 'released'
 
 interface Job {
-  text: string | QueryConfig
+  text: string | PgQueryConfig
   values: unknown[] | undefined
+  /** `retry` was asked for and not used yet. */
+  retry: boolean
   resolve (result: QueryResult<any>): void
   reject (error: unknown): void
 }
@@ -56,9 +60,9 @@ export class RequestHandle implements RequestDb {
     else response.once('close', () => this.#move('released'))
   }
 
-  query (text: string | QueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
+  query (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
     return new Promise((resolve, reject) => {
-      const job: Job = { text, values, resolve, reject }
+      const job: Job = { text, values, retry: typeof text === 'object' && text?.retry === true, resolve, reject }
       if (this.#state === 'held' && !this.#running) this.#send(job)
       else if (this.#state === 'released') reject(new PgRequestEndedError())
       else {
@@ -90,6 +94,14 @@ export class RequestHandle implements RequestDb {
     this.#state = next
     switch (next) {
       case 'acquiring': {
+        if (prev === 'held') {
+          // A `retry` statement lost the connection: give it back (it is destroyed) and check
+          // out another; the statement waits at the head of the queue.
+          this.#guarded?.closeCursors()
+          this.#guarded = undefined
+          this.#pool.release(this.#conn as Conn)
+          this.#conn = undefined
+        }
         const abort = this.#abort = new AbortController()
         this.#checkout = this.#pool.acquire({ signal: abort.signal, log: this.#log })
         this.#checkout.then(
@@ -125,10 +137,18 @@ export class RequestHandle implements RequestDb {
   #send (job: Job): void {
     const conn = this.#conn as Conn
     this.#running = true
+    const tx = conn.client.getTransactionStatus()
+    const retry = job.retry && tx !== 'T' && tx !== 'E'
     const done = (error: Error | null, result?: QueryResult<any>): void => {
       this.#running = false
       if (error) {
         conn.failed(error)
+        if (retry && isConnectionError(error) && this.#state === 'held') {
+          job.retry = false
+          this.#queue.unshift(job)
+          this.#move('acquiring')
+          return
+        }
         job.reject(error)
       } else {
         job.resolve(result as QueryResult<any>)

@@ -37,6 +37,9 @@ const cases: Array<[PgPoolOptions | unknown, RegExp]> = [
   [{ host: 5432 }, /`host`.*a string.*`5432` \(number\)/],
   [{ Client: {} }, /`Client`.*a function.*an object/],
   [{ max: () => 3 }, /`max`.*a function/],
+  [{ maxLifetimeMs: -1 }, /`maxLifetimeMs`.*or false.*`-1` \(number\)/],
+  [{ maxLifetimeMs: '30m' }, /`maxLifetimeMs`.*`30m` \(string\)/],
+  [{ maxLifetimeJitter: 1 }, /`maxLifetimeJitter`.*fraction.*`1` \(number\)/],
   [{ onConnect: 'yes' }, /`onConnect`.*a function/],
   [{ verify: 1 }, /`verify`.*a function/],
   ['postgres://x', /`options`.*an object/]

@@ -153,3 +153,15 @@ t.test('onConnect throwing a non-Error is still a coded 503', async (t) => {
   const app = await buildApp(t, db, { onConnect: () => { throw 'nope' } }) // eslint-disable-line no-throw-literal
   await t.rejects(app.pg.query('select 1'), { code: 'FST_PG_UNAVAILABLE' })
 })
+
+t.test('maxLifetimeMs: false (or 0) keeps connections; maxLifetimeSeconds is honoured when it is not set', async (t) => {
+  for (const options of [{ maxLifetimeMs: false as const }, { maxLifetimeMs: 0 }, { maxLifetimeSeconds: 0 }]) {
+    const app = await buildApp(t, db, { ...options, maxLifetimeJitter: 0 })
+    await app.pg.query('select 1')
+    await sleep(50)
+    t.equal(app.pg.stats().idle, 1, JSON.stringify(options))
+  }
+  const app = await buildApp(t, db, { maxLifetimeSeconds: 0.05, maxLifetimeJitter: 0 })
+  await app.pg.query('select 1')
+  await until(() => app.pg.stats().total === 0, 'closed at the maxLifetimeSeconds lifetime')
+})

@@ -72,6 +72,7 @@ export class EmbeddedServer {
   port = 0
   #pg: EmbeddedPostgres | undefined
   readonly #persistent: boolean
+  #initialised = false
   #log = ''
 
   constructor ({ persistent = false }: { persistent?: boolean } = {}) {
@@ -107,7 +108,10 @@ export class EmbeddedServer {
           '-c', 'max_connections=200'
         ]
       })
-      if (this.#pg === undefined) await server.initialise()
+      if (!this.#initialised) {
+        await server.initialise()
+        this.#initialised = true
+      }
       try {
         await server.start()
         this.#pg = server
@@ -119,9 +123,18 @@ export class EmbeddedServer {
     }
   }
 
-  /** Stops the server the way `pg_ctl -m fast` does (SIGINT). */
-  async stop (): Promise<void> {
-    await this.#pg?.stop()
+  /**
+   * Stops the server: `fast` (SIGINT: sessions are told and closed) or `immediate` (SIGQUIT:
+   * the server quits at once, as in a crash; it recovers on the next start).
+   */
+  async stop (mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    if (mode === 'immediate') {
+      const pid = this.postmasterPid()
+      process.kill(pid, 'SIGQUIT')
+      while (alive(pid)) await new Promise((resolve) => setTimeout(resolve, 10))
+    } else {
+      await this.#pg?.stop()
+    }
     if (!this.#persistent) rmSync(this.#folder, { recursive: true, force: true })
   }
 
