@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import type { Client } from 'pg'
-import { isConnectionError } from './errors.js'
+import { isConnectionError, isReadTimeout } from './errors.js'
 
 /** Why a connection left the pool for good. */
 export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close'
@@ -54,5 +54,6 @@ export class Conn {
   /** Records a query error; a connection-class one condemns the connection. */
   failed (error: unknown): void {
     if (isConnectionError(error)) this.lost()
+    else if (isReadTimeout(error)) this.broken = true
   }
 }

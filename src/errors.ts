@@ -76,6 +76,8 @@ const CONNECTION_ERROR_CODES = new Set([
   '57P01', // admin_shutdown: pg_terminate_backend, fast shutdown
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now: starting up / shutting down
+  '57P05', // idle_session_timeout
+  '25P03', // idle_in_transaction_session_timeout
   'ECONNRESET',
   'ECONNREFUSED',
   'EPIPE',
@@ -87,8 +89,7 @@ const CONNECTION_ERROR_CODES = new Set([
 const CONNECTION_ERROR_MESSAGES = [
   'Connection terminated',
   'Client has encountered a connection error',
-  'Client was closed and is not queryable',
-  'Query read timeout' // pg's query_timeout: the client is left with a query it cannot finish
+  'Client was closed and is not queryable'
 ]
 
 /**
@@ -101,4 +102,13 @@ export function isConnectionError (error: unknown): boolean {
   if (typeof code === 'string' && (code.startsWith('08') || CONNECTION_ERROR_CODES.has(code))) return true
   const message = (error as { message?: unknown }).message
   return typeof message === 'string' && CONNECTION_ERROR_MESSAGES.some((m) => message.startsWith(m))
+}
+
+/**
+ * pg's `query_timeout` fired: the server may still be running the statement and the client is
+ * left with a query it cannot finish. That connection must be destroyed, but the server is not
+ * known to be gone (so its peers are not suspect, and the statement is not retried).
+ */
+export function isReadTimeout (error: unknown): boolean {
+  return error instanceof Error && error.message === 'Query read timeout'
 }

@@ -8,6 +8,14 @@ interface Submittable {
   submit (...args: unknown[]): unknown
   destroy?: () => unknown
   close?: (callback: () => void) => unknown
+  /** pg-cursor: set when pg submits it. pg-query-stream: `cursor` holds the pg-cursor. */
+  connection?: unknown
+  cursor?: { connection?: unknown }
+}
+
+/** Not yet sent: still waiting in pg's queue behind another query. */
+function unsent (cursor: Submittable): boolean {
+  return (cursor.cursor ?? cursor).connection == null
 }
 
 export interface GuardedClient {
@@ -16,6 +24,8 @@ export interface GuardedClient {
   /**
    * Closes every cursor and stream opened through `client`. Called when the checkout ends:
    * nobody can read them any more, and a suspended cursor would hold the connection forever.
+   * A cursor still waiting in pg's queue cannot be closed (pg would open it later and wait for
+   * a read): the connection is marked broken instead, to be destroyed.
    */
   closeCursors (): void
 }
@@ -60,7 +70,8 @@ export function guardClient (
       // A stream's destroy() closes its cursor; a bare cursor has close(). Both are no-ops
       // once the cursor is done.
       for (const cursor of cursors.splice(0)) {
-        if (typeof cursor.destroy === 'function') cursor.destroy()
+        if (unsent(cursor)) conn.broken = true
+        else if (typeof cursor.destroy === 'function') cursor.destroy()
         else if (typeof cursor.close === 'function') cursor.close(noop)
       }
     }

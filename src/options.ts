@@ -101,8 +101,11 @@ const POOL_KEYS = new Set([
   'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs', 'maxLifetimeMs', 'maxLifetimeJitter'
 ])
 
+/** Strings that may carry a password are described, never shown. */
+const SECRET_BEARING = new Set(['password', 'connectionString', 'options'])
+
 function describe (name: string, value: unknown): string {
-  if (name === 'password') return 'a value of type ' + typeof value
+  if (SECRET_BEARING.has(name)) return 'a value of type ' + (value === null ? 'null' : typeof value)
   if (typeof value === 'string') return `\`${value}\` (string)`
   if (typeof value === 'function') return 'a function'
   if (value !== null && typeof value === 'object') return 'an object'
@@ -114,8 +117,12 @@ function fail (name: string, expected: string, value: unknown): never {
 }
 
 type Check = (value: number) => boolean
-const nonNegative: Check = (v) => Number.isFinite(v) && v >= 0
-const positive: Check = (v) => Number.isFinite(v) && v > 0
+/** Node's timers take at most 2^31 - 1 ms (24.8 days); a longer delay fires after 1 ms. */
+const MAX_MS = 2 ** 31 - 1
+const nonNegative: Check = (v) => v >= 0 && v <= MAX_MS
+const positive: Check = (v) => v > 0 && v <= MAX_MS
+const msOrZero = `a number of milliseconds from 0 to ${MAX_MS}`
+const msAboveZero = `a number of milliseconds above 0, at most ${MAX_MS}`
 const count: Check = (v) => Number.isInteger(v) && v >= 1
 const wholeOrZero: Check = (v) => Number.isInteger(v) && v >= 0
 
@@ -151,16 +158,15 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
 
   const pingIdle = opts.pingIdleMs
   if (pingIdle !== undefined && pingIdle !== false && (typeof pingIdle !== 'number' || !nonNegative(pingIdle))) {
-    fail('pingIdleMs', 'a finite number of milliseconds >= 0, or false', pingIdle)
+    fail('pingIdleMs', `${msOrZero}, or false`, pingIdle)
   }
 
-  const ms = 'a positive finite number of milliseconds'
   const idle = opts.idleTimeoutMillis ?? defaults.idleTimeoutMillis
-  if (typeof idle !== 'number' || !nonNegative(idle)) fail('idleTimeoutMillis', 'a finite number of milliseconds >= 0 (0 keeps idle connections)', idle)
-  const lifetimeSeconds = num(opts, 'maxLifetimeSeconds', 0, nonNegative, 'a finite number of seconds >= 0 (0 means no limit)')
+  if (typeof idle !== 'number' || !nonNegative(idle)) fail('idleTimeoutMillis', `${msOrZero} (0 keeps idle connections)`, idle)
+  const lifetimeSeconds = num(opts, 'maxLifetimeSeconds', 0, (v) => nonNegative(v * 1000), `a number of seconds from 0 to ${Math.floor(MAX_MS / 1000)} (0 means no limit)`)
   const lifetimeMs = opts.maxLifetimeMs
   if (lifetimeMs !== undefined && lifetimeMs !== false && (typeof lifetimeMs !== 'number' || !nonNegative(lifetimeMs))) {
-    fail('maxLifetimeMs', 'a finite number of milliseconds >= 0, or false', lifetimeMs)
+    fail('maxLifetimeMs', `${msOrZero}, or false`, lifetimeMs)
   }
   const lifetime = lifetimeMs === undefined
     ? (opts.maxLifetimeSeconds === undefined ? defaults.maxLifetimeMs : lifetimeSeconds * 1000)
@@ -178,6 +184,16 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     if (!POOL_KEYS.has(key)) (client as Record<string, unknown>)[key] = opts[key]
   }
 
+  if (opts.connectionString !== undefined) {
+    // pg parses it in the Client constructor (no connection is made): fail now, not per request.
+    try {
+      // eslint-disable-next-line no-new
+      new DefaultClient(client)
+    } catch (error) {
+      fail('connectionString', `a connection string pg can use (${(error as Error).message})`, opts.connectionString)
+    }
+  }
+
   const verify = optionalFunction<NonNullable<PoolConfig['verify']>>(opts, 'verify')
   const onConnect = optionalFunction<NonNullable<PoolConfig['onConnect']>>(opts, 'onConnect')
 
@@ -191,11 +207,11 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     maxLifetimeMs: lifetime === 0 ? Infinity : lifetime,
     maxLifetimeJitter: jitter,
     allowExitOnIdle: opts.allowExitOnIdle === true,
-    connectTimeoutMs: num(opts, 'connectionTimeoutMillis', 0, nonNegative, 'a finite number of milliseconds >= 0'),
+    connectTimeoutMs: num(opts, 'connectionTimeoutMillis', 0, nonNegative, msOrZero),
     pingIdleMs: pingIdle === false ? Infinity : (pingIdle ?? defaults.pingIdleMs),
-    pingTimeoutMs: num(opts, 'pingTimeoutMs', defaults.pingTimeoutMs, positive, ms),
-    acquireTimeoutMs: num(opts, 'acquireTimeoutMs', defaults.acquireTimeoutMs, positive, ms),
-    closeTimeoutMs: num(opts, 'closeTimeoutMs', defaults.closeTimeoutMs, nonNegative, 'a finite number of milliseconds >= 0'),
+    pingTimeoutMs: num(opts, 'pingTimeoutMs', defaults.pingTimeoutMs, positive, msAboveZero),
+    acquireTimeoutMs: num(opts, 'acquireTimeoutMs', defaults.acquireTimeoutMs, positive, msAboveZero),
+    closeTimeoutMs: num(opts, 'closeTimeoutMs', defaults.closeTimeoutMs, nonNegative, msOrZero),
     onConnect: verify === undefined
       ? onConnect
       : async (c) => {

@@ -168,8 +168,9 @@ export class PgPool {
     } catch (error) {
       conn.failed(error)
       this.release(conn)
-      if (typeof textOrConfig === 'object' && textOrConfig.retry === true && isConnectionError(error)) {
-        return await this.query<R>({ ...textOrConfig, retry: false }, values)
+      const config = textOrConfig as PgQueryConfig | null
+      if (config?.retry === true && isConnectionError(error)) {
+        return await this.query<R>({ ...config, retry: false }, values)
       }
       throw error
     }
@@ -281,7 +282,8 @@ export class PgPool {
     this.#watch(conn)
     try {
       await client.connect()
-      if (onConnect !== undefined) await onConnect(client)
+      // The user's hook is bounded by the checkout deadline too.
+      if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now(), 'onConnect')
       conn.state = 'checking'
       const { maxLifetimeMs, maxLifetimeJitter } = this.#opts
       if (Number.isFinite(maxLifetimeMs)) {
@@ -313,8 +315,14 @@ export class PgPool {
     // whether a query is still running when the connection comes back.
     const query = client.query
     client.query = function (this: Client, ...args: unknown[]) {
+      const wasBusy = conn.busy
       conn.busy = true
-      return (query as (...a: unknown[]) => unknown).apply(this, args)
+      try {
+        return (query as (...a: unknown[]) => unknown).apply(this, args)
+      } catch (error) {
+        conn.busy = wasBusy // pg refused the call outright (a null query): nothing was queued
+        throw error
+      }
     } as Client['query']
   }
 
@@ -323,7 +331,7 @@ export class PgPool {
    * or went idle before a peer was found dead.
    */
   #needsPing (conn: Conn): boolean {
-    if (conn.uses === 0) return false
+    if (conn.idleSince === conn.createdAt) return false // never pooled: straight from connect
     return conn.idleSince < this.#suspectBefore || performance.now() - conn.idleSince >= this.#opts.pingIdleMs
   }
 
@@ -452,14 +460,19 @@ function claim (conn: Conn): Conn {
  * With `''` it is the cheapest round trip there is: an empty query, no parse, no plan.
  */
 async function roundTrip (client: Client, sql: string, timeoutMs: number): Promise<void> {
+  await withTimeout(client.query(sql), timeoutMs, 'no answer')
+}
+
+/** Settles like `work`, or rejects after `timeoutMs` (the caller cleans up). */
+async function withTimeout (work: unknown, timeoutMs: number, what: string): Promise<void> {
   let timer: NodeJS.Timeout | undefined
-  const reply = client.query(sql)
-  reply.catch(noop)
+  const settled = Promise.resolve(work)
+  settled.catch(noop)
   try {
     await Promise.race([
-      reply,
+      settled,
       new Promise((resolve, reject) => {
-        timer = setTimeout(reject, timeoutMs, new Error(`no answer within ${timeoutMs} ms`))
+        timer = setTimeout(reject, Math.max(0, timeoutMs), new Error(`${what} within ${Math.round(timeoutMs)} ms`))
       })
     ])
   } finally {

@@ -38,6 +38,21 @@ interface Job {
   reject (error: unknown): void
 }
 
+/** The parts of a response (HTTP/1 `ServerResponse`, `Http2ServerResponse`, light-my-request) used here. */
+interface Response {
+  destroyed?: boolean
+  stream?: { destroyed: boolean }
+  once (event: 'close', fn: () => void): unknown
+}
+
+/**
+ * Too late to listen for 'close'? HTTP/1 responses (and light-my-request's) set `destroyed`
+ * just before emitting it; an HTTP/2 response has no `destroyed`, its stream does.
+ */
+function ended (response: Response): boolean {
+  return response.destroyed === true || response.stream?.destroyed === true
+}
+
 export class RequestHandle implements RequestDb {
   readonly #pool: PgPool
   readonly #log: FastifyBaseLogger
@@ -51,12 +66,11 @@ export class RequestHandle implements RequestDb {
   readonly #queue: Job[] = []
   #guarded: GuardedClient | undefined
 
-  constructor (pool: PgPool, log: FastifyBaseLogger, response: { destroyed: boolean, once (event: 'close', fn: () => void): unknown }) {
+  constructor (pool: PgPool, log: FastifyBaseLogger, response: Response) {
     this.#pool = pool
     this.#log = log
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
-    // `destroyed` is set just before it (Node and light-my-request alike): too late to listen.
-    if (response.destroyed) this.#state = 'released'
+    if (ended(response)) this.#state = 'released'
     else response.once('close', () => this.#move('released'))
   }
 

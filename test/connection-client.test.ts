@@ -125,3 +125,15 @@ t.test('pool.connect(): release() with a cursor still open closes the cursor and
   await assertReturned(t, app, db)
   t.equal(app.pg.stats().total, 1, 'kept, not destroyed')
 })
+
+t.test('a cursor still queued behind a query when the request ends: the connection is destroyed, not leaked', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/', async (req) => {
+    const client = await req.db.connection()
+    client.query('select pg_sleep(0.05)').catch(() => {})
+    client.query(new Cursor('select i from generate_series(1, 100000) as i'))
+    return 'ok'
+  })
+  t.equal((await app.inject('/')).statusCode, 200)
+  await assertReturned(t, app, db)
+})

@@ -19,12 +19,14 @@ t.test('isConnectionError: the connection is gone or in an unknown state', async
     new Error('Connection terminated unexpectedly'),
     new Error('Connection terminated'),
     new Error('Client has encountered a connection error and is not queryable'),
-    new Error('Query read timeout')
+    { code: '57P05' }, // idle_session_timeout
+    { code: '25P03' } // idle_in_transaction_session_timeout
   ]
   const no = [
     { code: '23505' }, // unique_violation
     { code: '57014' }, // query_canceled (statement_timeout): the session is fine
     { code: '40001' }, // serialization_failure
+    new Error('Query read timeout'), // pg's query_timeout: that client is destroyed, the server is fine
     new Error('relation "x" does not exist'),
     { code: 42 },
     { message: 42 },

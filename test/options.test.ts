@@ -25,11 +25,16 @@ const cases: Array<[PgPoolOptions | unknown, RegExp]> = [
   [{ max: 2.5 }, /`max`.*`2\.5` \(number\)/],
   [{ min: 5, max: 2 }, /`min`.*at most `max` \(2\).*`5` \(number\)/],
   [{ pingIdleMs: -1 }, /`pingIdleMs`.*or false.*`-1` \(number\)/],
+  [{ pingIdleMs: 2 ** 31 }, /`pingIdleMs`.*at most|to 2147483647.*`2147483648` \(number\)/],
   [{ pingIdleMs: true }, /`pingIdleMs`.*`true` \(boolean\)/],
-  [{ pingTimeoutMs: 0 }, /`pingTimeoutMs`.*positive finite.*`0` \(number\)/],
+  [{ pingTimeoutMs: 0 }, /`pingTimeoutMs`.*above 0.*`0` \(number\)/],
   [{ acquireTimeoutMs: Infinity }, /`acquireTimeoutMs`.*`Infinity` \(number\)/],
   [{ acquireTimeoutMs: null }, /`acquireTimeoutMs`.*`null` \(null\)/],
   [{ closeTimeoutMs: NaN }, /`closeTimeoutMs`.*`NaN` \(number\)/],
+  [{ closeTimeoutMs: 3e9 }, /`closeTimeoutMs`.*to 2147483647.*`3000000000` \(number\)/],
+  [{ maxLifetimeMs: 30 * 86_400_000 }, /`maxLifetimeMs`.*to 2147483647/],
+  [{ maxLifetimeSeconds: 30 * 86_400 }, /`maxLifetimeSeconds`.*to 2147483 /],
+  [{ connectionString: 'postgres://u:hunter2@host:99999999/db' }, /`connectionString`.*pg can use \(Invalid URL\).*a value of type string/],
   [{ idleTimeoutMillis: -5 }, /`idleTimeoutMillis`.*`-5` \(number\)/],
   [{ maxUses: 0 }, /`maxUses`.*`0` \(number\)/],
   [{ maxLifetimeSeconds: -1 }, /`maxLifetimeSeconds`/],
@@ -42,7 +47,8 @@ const cases: Array<[PgPoolOptions | unknown, RegExp]> = [
   [{ maxLifetimeJitter: 1 }, /`maxLifetimeJitter`.*fraction.*`1` \(number\)/],
   [{ onConnect: 'yes' }, /`onConnect`.*a function/],
   [{ verify: 1 }, /`verify`.*a function/],
-  ['postgres://x', /`options`.*an object/]
+  [{ connectionString: null }, /`connectionString`.*a string.*a value of type null/],
+  ['postgres://alice:s3cr3t@db/x', /`options`.*an object, got a value of type string/]
 ]
 
 for (const [options, message] of cases) {
@@ -51,6 +57,7 @@ for (const [options, message] of cases) {
     t.ok(error instanceof PgInvalidOptionError, 'an instance of the exported error')
     t.equal(error.code, 'FST_PG_INVALID_OPTION')
     t.match(error.message, message)
+    t.notMatch(error.message, /hunter2|s3cr3t/, 'no password in the message')
   })
 }
 

@@ -7,7 +7,7 @@ import Fastify from 'fastify'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import pgPool from '../src/index.js'
-import { buildApp } from './helpers/app.js'
+import { assertReturned, buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred, listen, runNode, send, until } from './helpers/util.js'
 
@@ -164,4 +164,33 @@ t.test('maxLifetimeMs: false (or 0) keeps connections; maxLifetimeSeconds is hon
   const app = await buildApp(t, db, { maxLifetimeSeconds: 0.05, maxLifetimeJitter: 0 })
   await app.pg.query('select 1')
   await until(() => app.pg.stats().total === 0, 'closed at the maxLifetimeSeconds lifetime')
+})
+
+t.test('a malformed statement as the request\'s last one does not keep the connection out', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/', async (req) => {
+    await req.db.query('select 1')
+    await req.db.query(undefined as never).catch(() => {})
+    return 'ok'
+  })
+  t.equal((await app.inject('/')).statusCode, 200)
+  await t.rejects(app.pg.query(null as never), TypeError)
+  await assertReturned(t, app, db)
+})
+
+t.test('an onConnect that hangs is bounded by the checkout deadline', async (t) => {
+  const app = await buildApp(t, db, { acquireTimeoutMs: 200, onConnect: () => new Promise(() => {}) })
+  const start = performance.now()
+  await t.rejects(app.pg.query('select 1'), { code: 'FST_PG_ACQUIRE_TIMEOUT' })
+  t.ok(performance.now() - start < 1500)
+  t.equal(app.pg.stats().total, 0)
+})
+
+t.test('a client-side query_timeout condemns that connection only', async (t) => {
+  const app = await buildApp(t, db, { max: 4, query_timeout: 100, pingIdleMs: false })
+  const clients = await Promise.all([1, 2, 3, 4].map(() => app.pg.pool.connect()))
+  for (const c of clients) c.release()
+  await t.rejects(app.pg.query('select pg_sleep(0.5)'), { message: 'Query read timeout' })
+  t.same(app.pg.stats(), { total: 3, idle: 3, active: 0, waiting: 0 }, 'its peers stay pooled')
+  await t.rejects(app.pg.query({ text: 'select pg_sleep(0.5)', retry: true }), { message: 'Query read timeout' }, 'and it is not retried')
 })

@@ -124,3 +124,37 @@ t.test('a flow the network forgot (RST on the next packet): the ping fails fast 
   t.not(second.pid, first.pid)
   t.ok(second.ms < 1000, `replaced without waiting for pingTimeoutMs (${Math.round(second.ms)} ms)`)
 })
+
+t.test('a connection opened for a checkout that was abandoned is still pinged once it idled', async (t) => {
+  const { proxy, url } = await proxied(t, db)
+  const connecting = deferred()
+  const proceed = deferred()
+  let first = true
+  const app = await buildApp(t, db, {
+    max: 1,
+    connectionString: url,
+    pingIdleMs: PING_IDLE,
+    onConnect: async () => {
+      if (!first) return
+      first = false
+      connecting.resolve()
+      await proceed.promise
+    }
+  })
+  const ended = deferred()
+  app.get('/pid', async (req, reply) => {
+    reply.raw.once('close', () => ended.resolve())
+    return (await req.db.query('select pg_backend_pid() as pid')).rows[0]
+  })
+  const base = await listen(app)
+  const sent = send(`${base}/pid`)
+  await connecting.promise
+  sent.req.destroy()
+  await ended.promise
+  proceed.resolve()
+  await until(() => app.pg.stats().idle === 1, 'the unused new connection is pooled')
+  await sleep(PING_IDLE * 2)
+  proxy.blackhole()
+  const res = await app.inject('/pid')
+  t.equal(res.statusCode, 200, 'it was pinged, found dead and replaced')
+})
