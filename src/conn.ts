@@ -5,6 +5,9 @@ import { isConnectionError, isReadTimeout } from './errors.js'
 /** Why a connection left the pool for good. */
 export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close'
 
+/** The request (or job) holding a connection: read only to name its route in a diagnosis. */
+export interface Holder { method: string, routeOptions: { url?: string | undefined } }
+
 /** Where a connection is: a connection is in exactly one of these. */
 type ConnState = 'opening' | 'idle' | 'checking' | 'lent' | 'returning' | 'gone'
 
@@ -18,8 +21,9 @@ export class Conn {
   state: ConnState = 'opening'
   /** When it last went idle: decides whether it is pinged. */
   idleSince = this.createdAt
-  /** When it was last handed out. */
+  /** When it was last handed out, and to whom. */
   lentAt = 0
+  holder: Holder | undefined = undefined
   uses = 0
   /** A query was sent and the client has not emitted 'drain' since. */
   busy = false

@@ -21,6 +21,20 @@ export const PgAcquireTimeoutError = createError<'FST_PG_ACQUIRE_TIMEOUT', 503, 
   503
 )
 
+/** The wait queue is full (`maxWaiting`): the checkout fails at once instead of queuing. */
+export const PgQueueFullError = createError<'FST_PG_QUEUE_FULL', 503, [number]>(
+  'FST_PG_QUEUE_FULL',
+  'Too many requests are waiting for a database connection (maxWaiting %d)',
+  503
+)
+
+/** The pool is saturated: the request is shed in onRequest, before its handler runs. */
+export const PgSaturatedError = createError<'FST_PG_SATURATED', 503, []>(
+  'FST_PG_SATURATED',
+  'The database connection pool is saturated; try again later',
+  503
+)
+
 /** Opening a new connection failed: the database refused it or could not be reached. */
 export const PgUnavailableError = createError<'FST_PG_UNAVAILABLE', 503, [string, { cause: unknown }?]>(
   'FST_PG_UNAVAILABLE',

@@ -1,9 +1,10 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
-import { PgNotReadyError } from './errors.js'
+import { PgInvalidOptionError, PgNotReadyError } from './errors.js'
 import { resolveOptions, type PgPoolOptions } from './options.js'
 import { PgPool, type PoolStats } from './pool.js'
+import { createPressure, registerPressure, type PgRouteConfig, type Pressure } from './pressure.js'
 import { RequestHandle, type RequestDb } from './request-db.js'
 
 export {
@@ -12,17 +13,20 @@ export {
   PgInvalidOptionError,
   PgNotReadyError,
   PgPoolClosedError,
+  PgQueueFullError,
   PgReleasedError,
+  PgSaturatedError,
   PgRequestEndedError,
   PgUnavailableError,
   isConnectionError
 } from './errors.js'
 export type { PgPoolOptions, PgPoolPluginOptions, PgQueryConfig } from './options.js'
 export type { PgPool, PoolStats } from './pool.js'
+export type { PgRouteConfig, Pressure } from './pressure.js'
 export type { RequestDb } from './request-db.js'
 
 /** `fastify.pg` */
-export interface PgDecorator {
+export interface PgDecorator extends Pressure {
   /** The pool behind `request.db`; `connect()` checks out a client for work outside a request. */
   readonly pool: PgPool
   /** One statement on a connection checked out for it alone (outside a request). */
@@ -32,6 +36,10 @@ export interface PgDecorator {
 }
 
 declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** `{ shedding: false }`: this route is not shed while the pool is saturated (liveness probes). */
+    pgPool?: PgRouteConfig
+  }
   interface FastifyRequest {
     /** The request's database connection, checked out on first use and always returned. */
     readonly db: RequestDb
@@ -50,9 +58,26 @@ interface Internals {
 }
 
 const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
-  const pool = new PgPool(resolveOptions(opts, pg.Client), fastify.log)
+  const options = resolveOptions(opts, pg.Client)
+  if (options.underPressure !== false && fastify.hasDecorator('isUnderPressure')) {
+    throw new PgInvalidOptionError(
+      'underPressure',
+      'false when @fastify/under-pressure is already registered (then give it fastify.pg.healthCheck and fastify.pg.pressureHandler)',
+      'under-pressure options while it is registered'
+    )
+  }
+  const pool = new PgPool(options, fastify.log)
+  const pressure = options.underPressure === false
+    ? createPressure(pool, fastify.log)
+    : await registerPressure(fastify, pool, options.underPressure)
 
-  fastify.decorate('pg', { pool, query: pool.query.bind(pool), stats: () => pool.stats() })
+  fastify.decorate('pg', {
+    pool,
+    query: pool.query.bind(pool),
+    stats: () => pool.stats(),
+    healthCheck: pressure.healthCheck,
+    pressureHandler: pressure.pressureHandler
+  })
   fastify.decorateRequest(kReply, null)
   fastify.decorateRequest(kHandle, null)
   fastify.decorateRequest('db', {
@@ -60,7 +85,7 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
       const request = this as FastifyRequest & Internals
       const reply = request[kReply]
       if (reply === null) throw new PgNotReadyError()
-      return (request[kHandle] ??= new RequestHandle(pool, request.log, reply.raw))
+      return (request[kHandle] ??= new RequestHandle(pool, request, reply.raw))
     }
   })
   // The handle needs the response to learn when the request ends; nothing else runs per request.

@@ -1,4 +1,5 @@
 import type { Client, ClientBase, ClientConfig, PoolConfig, QueryConfig } from 'pg'
+import type { FastifyUnderPressureOptions as UnderPressureOptions } from '@fastify/under-pressure'
 import { PgInvalidOptionError } from './errors.js'
 
 /** Options of the plugin itself; every `pg.PoolConfig` field is accepted beside them. */
@@ -21,6 +22,21 @@ export interface PgPoolPluginOptions {
    * @default 2000
    */
   acquireTimeoutMs?: number
+  /**
+   * Checkouts allowed to wait for a connection; one more fails at once with
+   * `FST_PG_QUEUE_FULL` (HTTP 503). `Infinity`: no bound. The default, two rounds of the pool,
+   * keeps every connection busy through bursts while bounding the wait to about two query times.
+   * @default 2 * max
+   */
+  maxWaiting?: number
+  /**
+   * @fastify/under-pressure options (event loop delay, heap, `exposeStatusRoute`, ...). The plugin
+   * registers under-pressure with them and feeds it the pool's saturation, so saturated requests
+   * get their 503 in `onRequest`, before body parsing or the handler. `false`: not registered
+   * (see the README to combine it with an under-pressure you register yourself).
+   * @default {}
+   */
+  underPressure?: UnderPressureOptions | false
   /**
    * A connection older than this is never handed out again: closed when idle, or when it comes
    * back if in use (SQLAlchemy's `pool_recycle`, HikariCP's `maxLifetime`). Keep it below the
@@ -74,6 +90,8 @@ export interface ResolvedOptions {
   readonly pingTimeoutMs: number
   readonly acquireTimeoutMs: number
   readonly closeTimeoutMs: number
+  readonly maxWaiting: number
+  readonly underPressure: UnderPressureOptions | false
   readonly onConnect: ((client: ClientBase) => void | Promise<void>) | undefined
 }
 
@@ -98,7 +116,8 @@ export const defaults = {
 const POOL_KEYS = new Set([
   'max', 'min', 'idleTimeoutMillis', 'log', 'Promise', 'allowExitOnIdle', 'maxUses',
   'maxLifetimeSeconds', 'Client', 'onConnect', 'verify', 'connectionTimeoutMillis',
-  'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs', 'maxLifetimeMs', 'maxLifetimeJitter'
+  'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs', 'maxLifetimeMs', 'maxLifetimeJitter',
+  'maxWaiting', 'underPressure'
 ])
 
 /** Strings that may carry a password are described, never shown. */
@@ -194,6 +213,14 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     }
   }
 
+  const maxWaiting = opts.maxWaiting === Infinity
+    ? Infinity
+    : num(opts, 'maxWaiting', 2 * max, wholeOrZero, 'a whole number of at least 0, or Infinity')
+  const underPressure = opts.underPressure ?? {}
+  if (underPressure !== false && (underPressure === null || typeof underPressure !== 'object')) {
+    fail('underPressure', '@fastify/under-pressure options (an object), or false', underPressure)
+  }
+
   const verify = optionalFunction<NonNullable<PoolConfig['verify']>>(opts, 'verify')
   const onConnect = optionalFunction<NonNullable<PoolConfig['onConnect']>>(opts, 'onConnect')
 
@@ -212,6 +239,8 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     pingTimeoutMs: num(opts, 'pingTimeoutMs', defaults.pingTimeoutMs, positive, msAboveZero),
     acquireTimeoutMs: num(opts, 'acquireTimeoutMs', defaults.acquireTimeoutMs, positive, msAboveZero),
     closeTimeoutMs: num(opts, 'closeTimeoutMs', defaults.closeTimeoutMs, nonNegative, msOrZero),
+    maxWaiting,
+    underPressure,
     onConnect: verify === undefined
       ? onConnect
       : async (c) => {

@@ -5,12 +5,14 @@ import {
   PgAcquireTimeoutError,
   PgDoubleReleaseError,
   PgPoolClosedError,
+  PgQueueFullError,
   PgReleasedError,
   PgUnavailableError,
   isConnectionError,
   withRetryAfter
 } from './errors.js'
-import { Conn, type DestroyReason } from './conn.js'
+import { Conn, type DestroyReason, type Holder } from './conn.js'
+import { DrainRate } from './drain.js'
 import { guardClient } from './guard.js'
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 
@@ -18,6 +20,7 @@ const noop = (): void => {}
 
 interface Waiter {
   readonly deadline: number
+  readonly since: number
   readonly log: FastifyBaseLogger
   resolve (conn: Conn | Promise<Conn>): void
   reject (error: Error): void
@@ -29,6 +32,8 @@ interface Waiter {
 export interface AcquireOptions {
   /** Aborting abandons the checkout: a waiting request takes no connection. */
   signal?: AbortSignal | undefined
+  /** Who will hold the connection (for the saturation diagnosis). */
+  holder?: Holder | undefined
   /** Where to log ping failures and missed deadlines (the request's logger). */
   log?: FastifyBaseLogger | undefined
 }
@@ -55,6 +60,7 @@ export class PgPool {
   readonly #all = new Set<Conn>()
   readonly #idle: Conn[] = []
   readonly #waiters = new Set<Waiter>()
+  readonly #drain = new DrainRate()
   /** open → closing (app.close(): no new checkouts) → closed (nothing left open). */
   #state: 'open' | 'closing' | 'closed' = 'open'
   #housekeeper: NodeJS.Timeout | undefined
@@ -81,6 +87,41 @@ export class PgPool {
   get idleCount (): number { return this.#idle.length }
   get waitingCount (): number { return this.#waiters.size }
 
+  /** Seconds until a checkout arriving now would likely be served: the `Retry-After` of 503s. */
+  retryAfter (): number {
+    return this.#drain.retryAfterSeconds(this.#waiters.size, this.#opts.acquireTimeoutMs)
+  }
+
+  /**
+   * Saturated: a checkout arriving now would be refused (every connection busy and the wait
+   * queue full), or the oldest waiting checkout has used half its deadline (the queue is not
+   * draining in time; those behind it would time out).
+   */
+  saturated (): boolean {
+    const { max, maxWaiting, acquireTimeoutMs } = this.#opts
+    if (this.#waiters.size >= maxWaiting && this.#idle.length === 0 && this.#all.size >= max) return true
+    return this.oldestWaitMs() >= acquireTimeoutMs / 2
+  }
+
+  /** How long the oldest waiting checkout has waited (0 when none waits). */
+  oldestWaitMs (): number {
+    const oldest = this.#waiters.values().next().value as Waiter | undefined
+    return oldest === undefined ? 0 : performance.now() - oldest.since
+  }
+
+  /**
+   * Connections not idle, for the saturation diagnosis: who holds each one and for how long,
+   * or what it is doing if nobody holds it (being opened or pinged, finishing a query its
+   * request left behind, rolling back).
+   */
+  * busy (): Generator<{ holder: Holder | string, heldMs: number }> {
+    const now = performance.now()
+    for (const conn of this.#all) {
+      if (conn.state === 'lent') yield { holder: conn.holder ?? '(outside a request)', heldMs: now - conn.lentAt }
+      else if (conn.state !== 'idle') yield { holder: `(${conn.state})`, heldMs: 0 }
+    }
+  }
+
   stats (): PoolStats {
     const total = this.#all.size
     const idle = this.#idle.length
@@ -93,7 +134,7 @@ export class PgPool {
    * A connection idle for `pingIdleMs` or longer is pinged first; a dead one is destroyed and
    * the checkout goes on with the next one, so the caller never sees it.
    */
-  async acquire ({ signal, log = this.#log }: AcquireOptions = {}): Promise<Conn> {
+  async acquire ({ signal, log = this.#log, holder }: AcquireOptions = {}): Promise<Conn> {
     const deadline = performance.now() + this.#opts.acquireTimeoutMs
     for (;;) {
       const conn = await this.#take(deadline, signal, log)
@@ -104,6 +145,7 @@ export class PgPool {
       }
       conn.state = 'lent'
       conn.lentAt = performance.now()
+      conn.holder = holder
       conn.uses++
       if (this.#opts.allowExitOnIdle) conn.holdProcess(true)
       return conn
@@ -125,6 +167,8 @@ export class PgPool {
   release (conn: Conn): void {
     if (conn.state !== 'lent') return
     conn.state = 'returning'
+    conn.holder = undefined
+    this.#drain.record()
     if (conn.broken) return this.#destroy(conn, 'error')
     if (conn.busy) {
       this.#afterDrain(conn)
@@ -230,9 +274,13 @@ export class PgPool {
       if (this.#all.size < this.#opts.max) return this.#open(deadline, log)
     }
     if (signal?.aborted === true) throw signal.reason
+    if (this.#waiters.size >= this.#opts.maxWaiting) {
+      throw withRetryAfter(new PgQueueFullError(this.#opts.maxWaiting), this.retryAfter())
+    }
     return new Promise<Conn>((resolve, reject) => {
       const waiter: Waiter = {
         deadline,
+        since: performance.now(),
         log,
         resolve,
         reject,
@@ -270,20 +318,22 @@ export class PgPool {
   #timeoutError (log: FastifyBaseLogger): Error {
     const { acquireTimeoutMs } = this.#opts
     log.warn({ pool: this.stats() }, `fastify-pg-pool: no connection within acquireTimeoutMs (${acquireTimeoutMs} ms)`)
-    return withRetryAfter(new PgAcquireTimeoutError(acquireTimeoutMs), 1)
+    return withRetryAfter(new PgAcquireTimeoutError(acquireTimeoutMs), this.retryAfter())
   }
 
   async #open (deadline: number, log: FastifyBaseLogger): Promise<Conn> {
     const { Client, client: config, connectTimeoutMs, onConnect } = this.#opts
     const remaining = Math.max(1, Math.ceil(deadline - performance.now()))
-    const client = new Client({ ...config, connectionTimeoutMillis: Math.min(connectTimeoutMs || remaining, remaining) })
+    // Which limit cuts the connect short: the checkout deadline, or the user's connect timeout?
+    const deadlineBound = connectTimeoutMs === 0 || remaining <= connectTimeoutMs
+    const client = new Client({ ...config, connectionTimeoutMillis: deadlineBound ? remaining : connectTimeoutMs })
     const conn = new Conn(client, (lost) => this.#connectionLost(lost))
     this.#all.add(conn)
     this.#watch(conn)
     try {
       await client.connect()
       // The user's hook is bounded by the checkout deadline too.
-      if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now(), 'onConnect')
+      if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now())
       conn.state = 'checking'
       const { maxLifetimeMs, maxLifetimeJitter } = this.#opts
       if (Number.isFinite(maxLifetimeMs)) {
@@ -294,7 +344,9 @@ export class PgPool {
     } catch (error) {
       this.#destroy(conn, 'error')
       if (this.#state !== 'open') throw this.#closedError()
-      if (performance.now() >= deadline - 1) throw this.#timeoutError(log)
+      // pg's connect timeout says 'timeout expired'; when the deadline set it, it is ours.
+      const timedOut = error instanceof DeadlineExceeded || (deadlineBound && (error as Error).message === 'timeout expired')
+      if (timedOut || performance.now() >= deadline) throw this.#timeoutError(log)
       log.warn({ err: error }, 'fastify-pg-pool: could not open a connection')
       throw withRetryAfter(new PgUnavailableError(String((error as Error).message), { cause: error }), 1)
     }
@@ -373,8 +425,10 @@ export class PgPool {
       // them now rather than wait for one ping timeout each.
       this.#suspectBefore = performance.now()
       this.#closeSuspects('suspect')
-      // Timers fire on the loop's millisecond clock, which may trail performance.now().
-      if (performance.now() >= deadline - 1) throw this.#timeoutError(log)
+      // A ping cut short by the checkout deadline (rather than by pingTimeoutMs) ends the checkout.
+      if ((error instanceof DeadlineExceeded && timeoutMs < this.#opts.pingTimeoutMs) || performance.now() >= deadline) {
+        throw this.#timeoutError(log)
+      }
       return false
     }
   }
@@ -460,11 +514,14 @@ function claim (conn: Conn): Conn {
  * With `''` it is the cheapest round trip there is: an empty query, no parse, no plan.
  */
 async function roundTrip (client: Client, sql: string, timeoutMs: number): Promise<void> {
-  await withTimeout(client.query(sql), timeoutMs, 'no answer')
+  await withTimeout(client.query(sql), timeoutMs)
 }
 
-/** Settles like `work`, or rejects after `timeoutMs` (the caller cleans up). */
-async function withTimeout (work: unknown, timeoutMs: number, what: string): Promise<void> {
+/** A time limit ran out (the timer's own clock decides, not a comparison of clocks). */
+class DeadlineExceeded extends Error {}
+
+/** Settles like `work`, or rejects with DeadlineExceeded after `timeoutMs` (the caller cleans up). */
+async function withTimeout (work: unknown, timeoutMs: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined
   const settled = Promise.resolve(work)
   settled.catch(noop)
@@ -472,7 +529,7 @@ async function withTimeout (work: unknown, timeoutMs: number, what: string): Pro
     await Promise.race([
       settled,
       new Promise((resolve, reject) => {
-        timer = setTimeout(reject, Math.max(0, timeoutMs), new Error(`${what} within ${Math.round(timeoutMs)} ms`))
+        timer = setTimeout(reject, Math.max(0, timeoutMs), new DeadlineExceeded(`no answer within ${Math.round(timeoutMs)} ms`))
       })
     ])
   } finally {

@@ -2,7 +2,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
 import { PgRequestEndedError, isConnectionError } from './errors.js'
 import { guardClient, type GuardedClient } from './guard.js'
-import type { Conn } from './conn.js'
+import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
 import type { PgPool } from './pool.js'
 
@@ -56,6 +56,7 @@ function ended (response: Response): boolean {
 export class RequestHandle implements RequestDb {
   readonly #pool: PgPool
   readonly #log: FastifyBaseLogger
+  readonly #holder: Holder
   #state: State = 'unused'
   #conn: Conn | undefined
   #checkout: Promise<Conn> | undefined
@@ -66,9 +67,10 @@ export class RequestHandle implements RequestDb {
   readonly #queue: Job[] = []
   #guarded: GuardedClient | undefined
 
-  constructor (pool: PgPool, log: FastifyBaseLogger, response: Response) {
+  constructor (pool: PgPool, request: Holder & { log: FastifyBaseLogger }, response: Response) {
     this.#pool = pool
-    this.#log = log
+    this.#log = request.log
+    this.#holder = request
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
     if (ended(response)) this.#state = 'released'
     else response.once('close', () => this.#move('released'))
@@ -117,7 +119,7 @@ export class RequestHandle implements RequestDb {
           this.#conn = undefined
         }
         const abort = this.#abort = new AbortController()
-        this.#checkout = this.#pool.acquire({ signal: abort.signal, log: this.#log })
+        this.#checkout = this.#pool.acquire({ signal: abort.signal, log: this.#log, holder: this.#holder })
         this.#checkout.then(
           // The pool checks the abort signal last thing before it resolves, and the request
           // can only end in a later event: the state is still 'acquiring' here.

@@ -44,7 +44,7 @@ t.test('a failed ping is logged at debug with the request id', async (t) => {
 })
 
 t.test('a missed deadline is a warn line', async (t) => {
-  const { app, lines } = await logged(t, { max: 1, acquireTimeoutMs: 50 })
+  const { app, lines } = await logged(t, { max: 1, acquireTimeoutMs: 300 })
   const release = deferred()
   const holding = deferred()
   app.get('/hold', async (req) => {

@@ -11,7 +11,8 @@ const db = await setupDatabase(t)
 await db.admin('create table marks (note text not null)')
 
 t.test('backend pids: no two requests ever use one backend at the same time', async (t) => {
-  const app = await buildApp(t, db, { max: 3, acquireTimeoutMs: 10_000 })
+  // Everyone queues here: this test is about sharing, not shedding.
+  const app = await buildApp(t, db, { max: 3, acquireTimeoutMs: 10_000, maxWaiting: Infinity, underPressure: false })
   interface Span { request: number, pid: number, from: number, to: number }
   const spans: Span[] = []
   const refused: string[] = []

@@ -14,7 +14,7 @@ import { deferred, listen, runNode, send, until } from './helpers/util.js'
 const db = await setupDatabase(t)
 
 t.test('maxLifetimeSeconds: an idle connection is closed at its lifetime; a lent one when it comes back', async (t) => {
-  const app = await buildApp(t, db, { max: 2, maxLifetimeSeconds: 0.2 })
+  const app = await buildApp(t, db, { max: 2, maxLifetimeSeconds: 0.2, maxLifetimeJitter: 0 })
   // Opened in this order, the lent one reaches its lifetime first.
   const lent = await app.pg.pool.connect()
   const idle = await app.pg.pool.connect()

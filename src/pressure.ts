@@ -1,0 +1,125 @@
+import createError from '@fastify/error'
+import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { PgSaturatedError, withRetryAfter } from './errors.js'
+import type { PgPool } from './pool.js'
+
+type HealthCheck = NonNullable<FastifyUnderPressureOptions['healthCheck']>
+type PressureHandler = NonNullable<FastifyUnderPressureOptions['pressureHandler']>
+
+/** Route config: `{ config: { pgPool: { shedding: false } } }` keeps a route out of the shedding. */
+export interface PgRouteConfig {
+  shedding?: boolean
+}
+
+/** What `fastify.pg` offers to an under-pressure registered by the app itself. */
+export interface Pressure {
+  /** under-pressure `healthCheck`: false while the pool is saturated; else `{ pool: stats }`. */
+  healthCheck: HealthCheck
+  /** under-pressure `pressureHandler`: the coded 503 for saturation, honouring route opt-outs. */
+  pressureHandler: PressureHandler
+}
+
+const UNDER_PRESSURE_CHECK = 'healthCheck' // under-pressure's TYPE_HEALTH_CHECK
+const DIAGNOSIS_EVERY_MS = 10_000
+/** How often under-pressure asks; the pool's state is read, not computed, so this is cheap. */
+const CHECK_INTERVAL_MS = 25
+
+/**
+ * Pool saturation as under-pressure sees it: a health check that fails while the pool is
+ * saturated, and a pressure handler that answers those requests with `FST_PG_SATURATED` and a
+ * `Retry-After` from the measured drain rate — unless the route opted out.
+ */
+export function createPressure (pool: PgPool, log: FastifyInstance['log'], userCheck?: HealthCheck, userHandler?: PressureHandler): Pressure {
+  /** Why the last check failed: the pool, or the app's own health check. */
+  let cause: 'pool' | 'user' | undefined
+  let lastDiagnosis = -Infinity
+
+  const diagnose = (): void => {
+    const now = Date.now()
+    if (now - lastDiagnosis < DIAGNOSIS_EVERY_MS) return
+    lastDiagnosis = now
+    const byRoute: Record<string, number> = {}
+    let oldest: { route: string, heldMs: number } | undefined
+    for (const { holder, heldMs } of pool.busy()) {
+      const route = typeof holder === 'string' ? holder : `${holder.method} ${holder.routeOptions.url ?? '(no route)'}`
+      byRoute[route] = (byRoute[route] ?? 0) + 1
+      if (oldest === undefined || heldMs > oldest.heldMs) oldest = { route, heldMs: Math.round(heldMs) }
+    }
+    log.warn({
+      pool: pool.stats(),
+      oldestWaitMs: Math.round(pool.oldestWaitMs()),
+      checkedOutByRoute: byRoute,
+      oldestHold: oldest
+    }, 'fastify-pg-pool: pool saturated; shedding requests with 503 until it drains')
+  }
+
+  const healthCheck: HealthCheck = async (fastify) => {
+    const user = userCheck === undefined ? true : await userCheck(fastify)
+    if (user === false) {
+      cause = 'user'
+      return false
+    }
+    if (pool.saturated()) {
+      cause = 'pool'
+      diagnose()
+      return false
+    }
+    cause = undefined
+    return { ...(typeof user === 'object' ? user : {}), pool: pool.stats() }
+  }
+
+  const pressureHandler: PressureHandler = (request, reply, type, value) => {
+    if (type === UNDER_PRESSURE_CHECK && cause === 'pool') {
+      const config = request.routeOptions.config as { pgPool?: PgRouteConfig }
+      // under-pressure's verdict is as old as its last check: a pool that drained since serves.
+      if (config.pgPool?.shedding === false || !pool.saturated()) return
+      return Promise.reject(withRetryAfter(new PgSaturatedError(), pool.retryAfter()))
+    }
+    return userHandler?.(request, reply, type, value)
+  }
+
+  return { healthCheck, pressureHandler }
+}
+
+const UnderPressureError = createError('FST_UNDER_PRESSURE', 'Service Unavailable', 503)
+
+/**
+ * Registers @fastify/under-pressure with the app's options, fed by the pool. Other pressure
+ * (event loop, memory, the app's own health check) keeps under-pressure's behaviour: its own
+ * pressure handler if one was given, else a 503 with its `retryAfter`.
+ */
+export async function registerPressure (fastify: FastifyInstance, pool: PgPool, options: FastifyUnderPressureOptions): Promise<Pressure> {
+  const retryAfter = options.retryAfter ?? 10
+  const fallback: PressureHandler = options.pressureHandler ?? ((_request: FastifyRequest, reply: FastifyReply) => {
+    reply.header('retry-after', retryAfter)
+    return Promise.reject(new UnderPressureError())
+  })
+  const pressure = createPressure(pool, fastify.log, options.healthCheck, fallback)
+  await fastify.register(underPressure, {
+    healthCheckInterval: CHECK_INTERVAL_MS,
+    ...options,
+    exposeStatusRoute: withPoolInStatus(options.exposeStatusRoute),
+    healthCheck: pressure.healthCheck,
+    pressureHandler: pressure.pressureHandler
+  })
+  return pressure
+}
+
+const count = { type: 'integer' }
+const POOL_STATS_SCHEMA = {
+  type: 'object',
+  properties: { total: count, idle: count, active: count, waiting: count }
+}
+
+/** The status route's response schema, extended so the pool's stats are not stripped from it. */
+function withPoolInStatus (route: FastifyUnderPressureOptions['exposeStatusRoute']): FastifyUnderPressureOptions['exposeStatusRoute'] {
+  if (route === undefined || route === false) return route
+  const base: { url?: string, routeOpts?: object, routeResponseSchemaOpts?: object } =
+    route === true ? {} : typeof route === 'string' ? { url: route } : route
+  return {
+    routeOpts: {},
+    ...base,
+    routeResponseSchemaOpts: { pool: POOL_STATS_SCHEMA, ...base.routeResponseSchemaOpts }
+  }
+}
