@@ -45,7 +45,7 @@ declare module 'fastify' {
     readonly db: RequestDb
   }
   interface FastifyInstance {
-    readonly pg: PgDecorator
+    pg: PgDecorator
   }
 }
 

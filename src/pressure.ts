@@ -1,7 +1,7 @@
 import createError from '@fastify/error'
 import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { PgSaturatedError, withRetryAfter } from './errors.js'
+import { PgSaturatedError } from './errors.js'
 import type { PgPool } from './pool.js'
 
 type HealthCheck = NonNullable<FastifyUnderPressureOptions['healthCheck']>
@@ -21,6 +21,13 @@ export interface Pressure {
 }
 
 const UNDER_PRESSURE_CHECK = 'healthCheck' // under-pressure's TYPE_HEALTH_CHECK
+const saturated = new PgSaturatedError()
+const SATURATED_BODY = JSON.stringify({
+  statusCode: 503,
+  code: saturated.code,
+  error: 'Service Unavailable',
+  message: saturated.message
+})
 const DIAGNOSIS_EVERY_MS = 10_000
 /** How often under-pressure asks; the pool's state is read, not computed, so this is cheap. */
 const CHECK_INTERVAL_MS = 25
@@ -69,15 +76,22 @@ export function createPressure (pool: PgPool, log: FastifyInstance['log'], userC
     return { ...(typeof user === 'object' ? user : {}), pool: pool.stats() }
   }
 
-  const pressureHandler: PressureHandler = (request, reply, type, value) => {
+  // under-pressure sends what a pressure handler returns (its type declarations omit that).
+  const pressureHandler = ((request: FastifyRequest, reply: FastifyReply, type: string, value: number | undefined) => {
     if (type === UNDER_PRESSURE_CHECK && cause === 'pool') {
       const config = request.routeOptions.config as { pgPool?: PgRouteConfig }
       // under-pressure's verdict is as old as its last check: a pool that drained since serves.
       if (config.pgPool?.shedding === false || !pool.saturated()) return
-      return Promise.reject(withRetryAfter(new PgSaturatedError(), pool.retryAfter()))
+      // The cheapest answer there is: under overload this runs for most requests, and every
+      // microsecond spent here is taken from the requests being served. The body is Fastify's
+      // error shape, built once; no error object, no stack, no serializer. The keep-alive
+      // connection is closed: a client retrying in a tight loop pays a reconnect, and a load
+      // balancer may send the retry to another instance (measured in bench/overload.ts).
+      reply.code(503).header('retry-after', pool.retryAfter()).header('connection', 'close').type('application/json; charset=utf-8')
+      return SATURATED_BODY
     }
     return userHandler?.(request, reply, type, value)
-  }
+  }) as PressureHandler
 
   return { healthCheck, pressureHandler }
 }

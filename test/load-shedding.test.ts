@@ -76,6 +76,7 @@ t.test('saturated: shed in onRequest before parsing and handler; opted-out route
   t.equal(res.statusCode, 503)
   t.match(res.json(), { code: 'FST_PG_SATURATED', statusCode: 503, error: 'Service Unavailable' })
   t.match(res.headers['retry-after'], /^[1-9]\d*$/)
+  t.equal(res.headers.connection, 'close', 'a client retrying in a tight loop pays a reconnect')
   t.same(counts(), before, 'neither the body was parsed nor the handler called')
   t.equal((await app.inject('/live')).statusCode, 200, 'the opted-out route answers')
 
@@ -146,7 +147,8 @@ t.test('under-pressure registered by the app: a coded error unless underPressure
 })
 
 t.test('the diagnosis names holders outside requests and routeless requests, at most once per 10 s', async (t) => {
-  const { app, lines } = await build(t, { max: 2, maxWaiting: 0 })
+  // Saturated only once both connections are held and one checkout waits.
+  const { app, lines } = await build(t, { max: 2, maxWaiting: 1 })
   const holding = deferred()
   const release = deferred()
   app.setNotFoundHandler(async (req) => {
@@ -155,18 +157,21 @@ t.test('the diagnosis names holders outside requests and routeless requests, at 
     await release.promise
     return 'not found'
   })
-  // Both connections open and idle first: saturation then means both are held.
   for (const c of await Promise.all([app.pg.pool.connect(), app.pg.pool.connect()])) c.release()
   const lost = app.inject('/nowhere')
   await holding.promise
   const outside = await app.pg.pool.connect()
+  const waiting = app.pg.query('select 1')
   await until(() => app.isUnderPressure(), 'saturated')
   outside.release()
   release.resolve()
   await lost
+  await waiting
   const again = await Promise.all([app.pg.pool.connect(), app.pg.pool.connect()])
+  const waitingAgain = app.pg.query('select 1')
   await until(() => app.isUnderPressure(), 'saturated again')
   for (const c of again) c.release()
+  await waitingAgain
   const diagnosis = lines.filter((l) => /pool saturated/.test(l.msg))
   t.equal(diagnosis.length, 1, 'rate limited')
   t.same(diagnosis[0]?.checkedOutByRoute, { '(outside a request)': 1, 'GET (no route)': 1 })
