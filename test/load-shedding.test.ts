@@ -3,25 +3,18 @@
  * onRequest, before the handler), route opt-outs, recovery without restart, a Retry-After
  * from the measured drain rate, and one diagnosis line when shedding starts.
  */
-import { Writable } from 'node:stream'
 import underPressure from '@fastify/under-pressure'
 import Fastify from 'fastify'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
 import { DrainRate } from '../src/drain.js'
 import { setupDatabase } from './helpers/postgres.js'
-import { deferred, until } from './helpers/util.js'
+import { deferred, logLines, until } from './helpers/util.js'
 
 const db = await setupDatabase(t)
 
 async function build (t: { teardown (fn: () => unknown): void }, options: PgPoolOptions) {
-  const lines: Array<Record<string, any>> = []
-  const stream = new Writable({
-    write (chunk, _enc, done) {
-      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
-      done()
-    }
-  })
+  const { stream, lines } = logLines()
   const app = Fastify({ logger: { level: 'warn', stream } })
   await app.register(pgPool, { connectionString: db.url, max: 1, maxWaiting: 1, ...options })
   t.teardown(() => app.close())

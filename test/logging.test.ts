@@ -2,25 +2,18 @@
  * Logs go through Fastify's logger: debug for ping failures and replacements (with the request
  * id), warn for missed deadlines and failed connects. No password in any line or error.
  */
-import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
 import { proxied } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
-import { deferred } from './helpers/util.js'
+import { deferred, logLines } from './helpers/util.js'
 
 const db = await setupDatabase(t)
 
 async function logged (t: { teardown (fn: () => unknown): void }, options: PgPoolOptions) {
-  const lines: Array<Record<string, any>> = []
-  const stream = new Writable({
-    write (chunk, _enc, done) {
-      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
-      done()
-    }
-  })
+  const { stream, lines } = logLines()
   const app = Fastify({ logger: { level: 'debug', stream } })
   await app.register(pgPool, { connectionString: db.url, ...options })
   t.teardown(() => app.close())

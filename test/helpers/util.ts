@@ -1,5 +1,6 @@
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process'
 import http from 'node:http'
+import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 
 export interface Deferred<T = void> {
@@ -75,4 +76,16 @@ export function send (url: string, { method = 'GET', body }: { method?: string, 
 export function runNode (args: string[], options: { timeout?: number } = {}): SpawnSyncReturns<string> {
   const unset = ['NODE_OPTIONS', 'NODE_V8_COVERAGE'].flatMap((name) => ['-u', name])
   return spawnSync('env', [...unset, process.execPath, ...args], { encoding: 'utf8', ...options })
+}
+
+/** A Fastify logger stream that keeps every line, parsed, for assertions. */
+export function logLines (): { stream: Writable, lines: Array<Record<string, any>> } {
+  const lines: Array<Record<string, any>> = []
+  const stream = new Writable({
+    write (chunk, _enc, done) {
+      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
+      done()
+    }
+  })
+  return { stream, lines }
 }

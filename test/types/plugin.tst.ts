@@ -25,6 +25,14 @@ test('the plugin registers with pg.PoolConfig fields and the plugin options', ()
     acquireTimeoutMs: 2000,
     closeTimeoutMs: 10_000
   })).type.not.toRaiseError()
+  expect(app.register(pgPool, {
+    maxWaiting: 20,
+    maxLifetimeMs: 600_000,
+    maxLifetimeJitter: 0.2,
+    underPressure: { maxEventLoopDelay: 1000, exposeStatusRoute: true }
+  })).type.not.toRaiseError()
+  expect(app.register(pgPool, { underPressure: false, maxLifetimeMs: false })).type.not.toRaiseError()
+  expect(app.register(pgPool, { underPressure: true })).type.toRaiseError()
   expect(app.register(pgPool, { pingIdleMs: 'soon' })).type.toRaiseError()
   expect(app.register(pgPool, { acquireTimeoutMs: '1s' })).type.toRaiseError()
 })
@@ -42,7 +50,17 @@ test('request.db.query returns typed rows', () => {
   })
 })
 
+test('route config opts out of shedding; retry is a query option', () => {
+  expect(app.get('/live', { config: { pgPool: { shedding: false } } }, async () => 'ok')).type.not.toRaiseError()
+  expect(app.get('/live', { config: { pgPool: { shedding: 'no' } } }, async () => 'ok')).type.toRaiseError()
+  app.get('/', async (req) => {
+    expect(req.db.query({ text: 'select 1', retry: true })).type.toBe<Promise<QueryResult<any>>>()
+    return 'ok'
+  })
+})
+
 test('fastify.pg', () => {
+  expect(app.pg.healthCheck).type.toBeAssignableTo<(fastify: typeof app) => Promise<Record<string, unknown> | boolean>>()
   expect(app.pg.stats()).type.toBe<PoolStats>()
   expect(app.pg.query<{ n: number }>('select 1 as n')).type.toBe<Promise<QueryResult<{ n: number }>>>()
   expect(app.pg.pool.connect()).type.toBe<Promise<PoolClient>>()
