@@ -64,8 +64,8 @@ app.get<{ Params: { id: string } }>('/notes/:id', {
   return rows[0]
 })
 
-// A note and its tags are written in one transaction. If anything throws before COMMIT, the
-// plugin rolls the transaction back when it takes the connection back.
+// A note and its tags are written in one transaction: committed when the callback returns,
+// rolled back if it throws.
 app.post<{ Body: { title: string, body?: string, tags?: string[] } }>('/notes', {
   schema: {
     body: {
@@ -81,12 +81,13 @@ app.post<{ Body: { title: string, body?: string, tags?: string[] } }>('/notes', 
   }
 }, async (req, reply) => {
   const { title, body = '', tags = [] } = req.body
-  await req.db.query('begin')
-  const { rows: [note] } = await req.db.query<Note>(
-    'insert into notes (title, body) values ($1, $2) returning id, title, body, created_at', [title, body])
-  await req.db.query(
-    'insert into note_tags (note_id, tag) select $1, unnest($2::text[]) on conflict do nothing', [note!.id, tags])
-  await req.db.query('commit')
+  const note = await req.db.transaction(async (tx) => {
+    const { rows: [created] } = await tx.query<Note>(
+      'insert into notes (title, body) values ($1, $2) returning id, title, body, created_at', [title, body])
+    await tx.query(
+      'insert into note_tags (note_id, tag) select $1, unnest($2::text[]) on conflict do nothing', [created!.id, tags])
+    return created!
+  })
   return reply.code(201).send({ ...note, tags: [...new Set(tags)].sort() })
 })
 

@@ -23,7 +23,7 @@ export {
 export type { PgPoolOptions, PgPoolPluginOptions, PgQueryConfig } from './options.js'
 export type { PgPool, PoolStats } from './pool.js'
 export type { PgRouteConfig, Pressure } from './pressure.js'
-export type { RequestDb } from './request-db.js'
+export type { RequestDb, TransactionOptions } from './request-db.js'
 
 /** `fastify.pg` */
 export interface PgDecorator extends Pressure {

@@ -109,7 +109,8 @@ export const defaults = {
   // tables warm (their idle timeouts are minutes: 350 s on AWS NLB, 4 min on Azure) and lets the
   // kernel notice a dead peer on its own; pings at checkout catch the rest.
   keepAlive: true,
-  keepAliveInitialDelayMillis: 10_000
+  keepAliveInitialDelayMillis: 10_000,
+  applicationName: 'fastify-pg-pool'
 } as const
 
 // Pool-level keys: consumed here, never passed to a Client.
@@ -197,7 +198,9 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
 
   const client: ClientConfig = {
     keepAlive: defaults.keepAlive,
-    keepAliveInitialDelayMillis: defaults.keepAliveInitialDelayMillis
+    keepAliveInitialDelayMillis: defaults.keepAliveInitialDelayMillis,
+    // Shown in pg_stat_activity unless application_name is set (option, URL, or PGAPPNAME).
+    fallback_application_name: defaults.applicationName
   }
   for (const key of Object.keys(opts) as (keyof PgPoolOptions)[]) {
     if (!POOL_KEYS.has(key)) (client as Record<string, unknown>)[key] = opts[key]

@@ -1,6 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
-import { PgRequestEndedError, isConnectionError } from './errors.js'
+import { PgInvalidOptionError, PgRequestEndedError, isConnectionError } from './errors.js'
+
+const noop = (): void => {}
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
@@ -20,6 +22,32 @@ export interface RequestDb {
    * to be destroyed), and using it after the request ended fails with `FST_PG_REQUEST_ENDED`.
    */
   connection (): Promise<PoolClient>
+  /**
+   * Runs `fn` in a transaction: BEGIN, then COMMIT when it resolves, ROLLBACK when it throws
+   * (and the error is rethrown); its value is returned. Nested calls use savepoints, so an inner
+   * failure rolls back only the inner part when the outer `fn` catches it.
+   */
+  transaction<T>(fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
+}
+
+/** How a top-level `transaction()` begins. Nested transactions (savepoints) take none. */
+export interface TransactionOptions {
+  isolationLevel?: 'serializable' | 'repeatable read' | 'read committed' | 'read uncommitted'
+  readOnly?: boolean
+  deferrable?: boolean
+}
+
+const ISOLATION_LEVELS = new Set(['serializable', 'repeatable read', 'read committed', 'read uncommitted'])
+
+function begin ({ isolationLevel, readOnly, deferrable }: TransactionOptions): string {
+  if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
+    throw new PgInvalidOptionError('isolationLevel', `one of ${[...ISOLATION_LEVELS].join(', ')}`, `\`${String(isolationLevel)}\``)
+  }
+  let sql = 'begin'
+  if (isolationLevel !== undefined) sql += ` isolation level ${isolationLevel}`
+  if (readOnly !== undefined) sql += readOnly ? ' read only' : ' read write'
+  if (deferrable !== undefined) sql += deferrable ? ' deferrable' : ' not deferrable'
+  return sql
 }
 
 /**
@@ -65,6 +93,8 @@ export class RequestHandle implements RequestDb {
   #running = false
   /** Statements waiting for the checkout or for the one running. */
   readonly #queue: Job[] = []
+  /** How many `transaction()` calls are open: 0 outside, then savepoint depth. */
+  #depth = 0
   #guarded: GuardedClient | undefined
 
   constructor (pool: PgPool, request: Holder & { log: FastifyBaseLogger }, response: Response) {
@@ -86,6 +116,28 @@ export class RequestHandle implements RequestDb {
         if (this.#state === 'unused') this.#move('acquiring')
       }
     })
+  }
+
+  async transaction<T> (fn: (db: RequestDb) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+    const depth = this.#depth
+    if (depth > 0 && Object.keys(options).length > 0) {
+      throw new PgInvalidOptionError('transaction options', 'none inside another transaction (it is a savepoint)', Object.keys(options).join(', '))
+    }
+    const savepoint = `fastify_pg_pool_${depth}`
+    await this.query(depth === 0 ? begin(options) : `savepoint ${savepoint}`)
+    this.#depth++
+    try {
+      const result = await fn(this)
+      await this.query(depth === 0 ? 'commit' : `release savepoint ${savepoint}`)
+      return result
+    } catch (error) {
+      // A rollback that cannot run (the connection died) changes nothing: the plugin rolls
+      // back or destroys the connection when the request ends anyway.
+      await this.query(depth === 0 ? 'rollback' : `rollback to savepoint ${savepoint}`).catch(noop)
+      throw error
+    } finally {
+      this.#depth--
+    }
   }
 
   async connection (): Promise<PoolClient> {

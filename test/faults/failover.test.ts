@@ -44,5 +44,6 @@ t.test('switch from A to B with A blackholed', async (t) => {
   t.equal(result.failed, 0, 'zero failed requests after the switch')
   t.ok(after.every((o) => o.body.port === b.port), 'all served by B')
   t.equal(after.filter((o) => o.ms >= PING_TIMEOUT - 5).length, 1, 'one request waited for a ping timeout')
-  t.ok(totalMs < 2 * PING_TIMEOUT, 'not one wait per idle connection (that would be six)')
+  // One wait per idle connection would take six ping timeouts at least.
+  t.ok(totalMs < 5 * PING_TIMEOUT, 'not one wait per idle connection')
 })
