@@ -125,18 +125,18 @@ export class RequestHandle implements RequestDb {
     }
     const savepoint = `fastify_pg_pool_${depth}`
     await this.query(depth === 0 ? begin(options) : `savepoint ${savepoint}`)
-    this.#depth++
+    this.#depth = depth + 1
     try {
       const result = await fn(this)
       await this.query(depth === 0 ? 'commit' : `release savepoint ${savepoint}`)
+      this.#depth = depth
       return result
     } catch (error) {
+      this.#depth = depth
       // A rollback that cannot run (the connection died) changes nothing: the plugin rolls
       // back or destroys the connection when the request ends anyway.
       await this.query(depth === 0 ? 'rollback' : `rollback to savepoint ${savepoint}`).catch(noop)
       throw error
-    } finally {
-      this.#depth--
     }
   }
 
