@@ -29,6 +29,8 @@ export class Conn {
   busy = false
   /** The socket died or a connection-class error was seen: never reuse. */
   broken = false
+  /** A statement may have changed session state (SET, LISTEN, ...): reset it on return. */
+  dirty = false
   /** Past its lifetime: closed as soon as it is not in use. */
   expired = false
   lifetime: NodeJS.Timeout | undefined
@@ -53,6 +55,17 @@ export class Conn {
     const client = this.client as RefableClient
     if (hold) client.ref()
     else client.unref()
+  }
+
+  /**
+   * After DISCARD ALL: the server dropped this session's prepared statements, so pg's record of
+   * which names it prepared on this connection must be emptied too, or named queries would fail.
+   */
+  sessionReset (): void {
+    this.dirty = false
+    const connection = (this.client as unknown as { connection: { parsedStatements: object, submittedNamedStatements: object } }).connection
+    connection.parsedStatements = {}
+    connection.submittedNamedStatements = {}
   }
 
   /** Records a query error; a connection-class one condemns the connection. */

@@ -39,7 +39,8 @@ export function guardClient (
   conn: Conn,
   usable: () => boolean,
   release: (error?: Error | boolean) => void,
-  refusal: () => Error
+  refusal: () => Error,
+  onStatement: (statement: unknown) => void
 ): GuardedClient {
   const { client } = conn
   const cursors: Submittable[] = []
@@ -47,6 +48,7 @@ export function guardClient (
     const first = args[0] as Partial<Submittable> | null | undefined
     const submittable = typeof first?.submit === 'function'
     if (usable()) {
+      onStatement(first)
       if (submittable) cursors.push(first as Submittable)
       return (client.query as (...a: unknown[]) => unknown)(...args)
     }

@@ -23,6 +23,15 @@ export interface PgPoolPluginOptions {
    */
   acquireTimeoutMs?: number
   /**
+   * How a connection's session is cleaned before the next request gets it (`DISCARD ALL`: SET,
+   * SET ROLE, search_path, set_config, temporary tables, LISTEN, advisory locks, prepared
+   * statements). `'auto'`: when a statement may have changed it, read from the text of every
+   * statement sent (through `request.db`, `connection()` and `pool.connect()` clients alike);
+   * `'always'`: after every checkout; `false`: never (you own the session state).
+   * @default 'auto'
+   */
+  sessionReset?: 'auto' | 'always' | false
+  /**
    * Checkouts allowed to wait for a connection; one more fails at once with
    * `FST_PG_QUEUE_FULL` (HTTP 503). `Infinity`: no bound. The default, two rounds of the pool,
    * keeps every connection busy through bursts while bounding the wait to about two query times.
@@ -91,6 +100,7 @@ export interface ResolvedOptions {
   readonly acquireTimeoutMs: number
   readonly closeTimeoutMs: number
   readonly maxWaiting: number
+  readonly sessionReset: 'auto' | 'always' | false
   readonly underPressure: UnderPressureOptions | false
   readonly onConnect: ((client: ClientBase) => void | Promise<void>) | undefined
 }
@@ -118,7 +128,7 @@ const POOL_KEYS = new Set([
   'max', 'min', 'idleTimeoutMillis', 'log', 'Promise', 'allowExitOnIdle', 'maxUses',
   'maxLifetimeSeconds', 'Client', 'onConnect', 'verify', 'connectionTimeoutMillis',
   'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs', 'maxLifetimeMs', 'maxLifetimeJitter',
-  'maxWaiting', 'underPressure'
+  'maxWaiting', 'underPressure', 'sessionReset'
 ])
 
 /** Strings that may carry a password are described, never shown. */
@@ -219,6 +229,10 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
   const maxWaiting = opts.maxWaiting === Infinity
     ? Infinity
     : num(opts, 'maxWaiting', 2 * max, wholeOrZero, 'a whole number of at least 0, or Infinity')
+  const sessionReset = opts.sessionReset ?? 'auto'
+  if (sessionReset !== 'auto' && sessionReset !== 'always' && sessionReset !== false) {
+    fail('sessionReset', "'auto', 'always' or false", sessionReset)
+  }
   const underPressure = opts.underPressure ?? {}
   if (underPressure !== false && (underPressure === null || typeof underPressure !== 'object')) {
     fail('underPressure', '@fastify/under-pressure options (an object), or false', underPressure)
@@ -243,6 +257,7 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     acquireTimeoutMs: num(opts, 'acquireTimeoutMs', defaults.acquireTimeoutMs, positive, msAboveZero),
     closeTimeoutMs: num(opts, 'closeTimeoutMs', defaults.closeTimeoutMs, nonNegative, msOrZero),
     maxWaiting,
+    sessionReset,
     underPressure,
     onConnect: verify === undefined
       ? onConnect

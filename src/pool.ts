@@ -13,6 +13,7 @@ import {
 } from './errors.js'
 import { Conn, type DestroyReason, type Holder } from './conn.js'
 import { DrainRate } from './drain.js'
+import { changesSession } from './session.js'
 import { guardClient } from './guard.js'
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 
@@ -87,6 +88,11 @@ export class PgPool {
   get idleCount (): number { return this.#idle.length }
   get waitingCount (): number { return this.#waiters.size }
 
+  /** @internal A statement is about to run on `conn`: may it leave session state behind? */
+  noteStatement (conn: Conn, statement: unknown): void {
+    if (!conn.dirty && this.#opts.sessionReset === 'auto' && changesSession(statement)) conn.dirty = true
+  }
+
   /** Seconds until a checkout arriving now would likely be served: the `Retry-After` of 503s. */
   retryAfter (): number {
     return this.#drain.retryAfterSeconds(this.#waiters.size, this.#opts.acquireTimeoutMs)
@@ -146,6 +152,7 @@ export class PgPool {
       conn.state = 'lent'
       conn.lentAt = performance.now()
       conn.holder = holder
+      if (this.#opts.sessionReset === 'always') conn.dirty = true
       conn.uses++
       if (this.#opts.allowExitOnIdle) conn.holdProcess(true)
       return conn
@@ -169,17 +176,36 @@ export class PgPool {
     conn.state = 'returning'
     conn.holder = undefined
     this.#drain.record()
+    this.#return(conn)
+  }
+
+  /**
+   * The steps back to the pool, each one re-entering here when it completes: wait for a running
+   * query, roll back a transaction, reset the session, check in. A failed step destroys.
+   */
+  #return (conn: Conn): void {
+    if (conn.state !== 'returning') return // destroyed meanwhile (close)
     if (conn.broken) return this.#destroy(conn, 'error')
-    if (conn.busy) {
-      this.#afterDrain(conn)
-      return
-    }
+    if (conn.busy) return this.#afterDrain(conn)
     const tx = conn.client.getTransactionStatus()
-    if (tx === 'T' || tx === 'E') {
-      this.#rollback(conn)
-      return
-    }
+    if (tx === 'T' || tx === 'E') return this.#step(conn, 'ROLLBACK')
+    if (conn.dirty) return this.#step(conn, 'DISCARD ALL')
     this.#checkin(conn)
+  }
+
+  /** One statement on the way back, bounded by `pingTimeoutMs`. */
+  #step (conn: Conn, sql: 'ROLLBACK' | 'DISCARD ALL'): void {
+    roundTrip(conn.client, sql, this.#opts.pingTimeoutMs).then(
+      () => {
+        if (sql === 'DISCARD ALL') conn.sessionReset()
+        this.#return(conn)
+      },
+      (error: unknown) => {
+        this.#log.debug({ err: error, sql }, 'fastify-pg-pool: could not clean the connection on return; destroying it')
+        conn.broken = true
+        this.#return(conn)
+      }
+    )
   }
 
   /**
@@ -195,7 +221,7 @@ export class PgPool {
       if (error) conn.broken = true
       guarded.closeCursors()
       this.release(conn)
-    }, () => new PgReleasedError())
+    }, () => new PgReleasedError(), (statement) => this.noteStatement(conn, statement))
     return guarded.client
   }
 
@@ -205,6 +231,7 @@ export class PgPool {
    */
   async query<R extends QueryResultRow = any>(textOrConfig: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
     const conn = await this.acquire()
+    this.noteStatement(conn, textOrConfig)
     try {
       const result = await conn.client.query<R>(textOrConfig as string, values)
       this.release(conn)
@@ -438,29 +465,18 @@ export class PgPool {
     const done = (): void => {
       client.off('drain', done)
       client.off('end', done)
-      if (conn.state !== 'returning') return // destroyed meanwhile (close)
-      conn.state = 'lent'
-      this.release(conn)
+      this.#return(conn)
     }
     client.on('drain', done)
     client.on('end', done)
   }
 
-  #rollback (conn: Conn): void {
-    roundTrip(conn.client, 'ROLLBACK', this.#opts.pingTimeoutMs).then(
-      () => this.#checkin(conn),
-      (error: unknown) => {
-        this.#log.debug({ err: error }, 'fastify-pg-pool: rollback on return failed; destroying the connection')
-        conn.broken = true
-        this.#checkin(conn)
-      }
-    )
-  }
-
-  /** Puts a connection back in the pool, or destroys it if it must not be reused. */
+  /**
+   * Puts a connection back in the pool, or destroys it if it must not be reused. Callers have
+   * ruled out a destroyed or broken connection (#return checks; a checkout gives back only
+   * what it just took or opened).
+   */
   #checkin (conn: Conn): void {
-    if (conn.state === 'gone') return
-    if (conn.broken) return this.#destroy(conn, 'error')
     if (this.#state !== 'open') return this.#destroy(conn, 'close')
     if (conn.uses >= this.#opts.maxUses) return this.#destroy(conn, 'uses')
     if (conn.expired) return this.#destroy(conn, 'lifetime')

@@ -151,7 +151,8 @@ export class RequestHandle implements RequestDb {
       conn,
       () => this.#state === 'held',
       (error) => { if (error && this.#state === 'held') conn.broken = true },
-      () => new PgRequestEndedError()
+      () => new PgRequestEndedError(),
+      (statement) => this.#pool.noteStatement(conn, statement)
     )
     return this.#guarded.client
   }
@@ -205,6 +206,7 @@ export class RequestHandle implements RequestDb {
   #send (job: Job): void {
     const conn = this.#conn as Conn
     this.#running = true
+    this.#pool.noteStatement(conn, job.text)
     const tx = conn.client.getTransactionStatus()
     const retry = job.retry && tx !== 'T' && tx !== 'E'
     const done = (error: Error | null, result?: QueryResult<any>): void => {

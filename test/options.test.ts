@@ -47,6 +47,7 @@ const cases: Array<[PgPoolOptions | unknown, RegExp]> = [
   [{ maxLifetimeJitter: 1 }, /`maxLifetimeJitter`.*fraction.*`1` \(number\)/],
   [{ onConnect: 'yes' }, /`onConnect`.*a function/],
   [{ verify: 1 }, /`verify`.*a function/],
+  [{ sessionReset: 'sometimes' }, /`sessionReset`.*'auto', 'always' or false.*`sometimes` \(string\)/],
   [{ underPressure: 'on' }, /`underPressure`.*or false.*`on` \(string\)/],
   [{ connectionString: null }, /`connectionString`.*a string.*a value of type null/],
   ['postgres://alice:s3cr3t@db/x', /`options`.*an object, got a value of type string/]

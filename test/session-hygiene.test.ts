@@ -1,0 +1,112 @@
+/**
+ * Session hygiene: whatever a request leaves on its session is gone before the next request
+ * gets the same backend (forced with max: 1). Under RLS, a leaked SET ROLE or tenant setting is
+ * a cross-tenant leak.
+ */
+import t from 'tap'
+import { assertReturned, buildApp } from './helpers/app.js'
+import { proxied } from './helpers/net.js'
+import { setupDatabase } from './helpers/postgres.js'
+import { until } from './helpers/util.js'
+
+const db = await setupDatabase(t)
+await db.admin('create role tenant_reader nologin')
+await db.admin('create schema elsewhere')
+await db.admin('grant tenant_reader to postgres')
+
+interface Case {
+  name: string
+  change: string
+  /** One row, one column `v`: what the next request sees. */
+  probe: string
+  clean: unknown
+}
+
+const cases: Case[] = [
+  { name: 'SET', change: "set statement_timeout = '1234ms'", probe: "select current_setting('statement_timeout') as v", clean: '0' },
+  { name: 'SET ROLE', change: 'set role tenant_reader', probe: 'select current_user::text as v', clean: 'postgres' },
+  { name: 'SET search_path', change: 'set search_path = elsewhere', probe: "select current_setting('search_path') as v", clean: '"$user", public' },
+  { name: 'set_config(..., false)', change: "select set_config('app.tenant_id', '42', false)", probe: "select coalesce(current_setting('app.tenant_id', true), '') as v", clean: '' },
+  { name: 'CREATE TEMP TABLE', change: 'create temp table scratch (x int)', probe: "select to_regclass('pg_temp.scratch') is null as v", clean: true },
+  { name: 'LISTEN', change: 'listen tenant_events', probe: 'select count(*)::int as v from pg_listening_channels()', clean: 0 },
+  { name: 'pg_advisory_lock', change: 'select pg_advisory_lock(777)', probe: "select count(*)::int as v from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()", clean: 0 },
+  { name: 'PREPARE', change: 'prepare leftover as select 1', probe: 'select count(*)::int as v from pg_prepared_statements', clean: 0 }
+]
+
+for (const c of cases) {
+  t.test(`${c.name}: the next request on the same backend sees a clean session`, async (t) => {
+    const app = await buildApp(t, db, { max: 1 })
+    app.get('/change', async (req) => {
+      await req.db.query(c.change)
+      return (await req.db.query('select pg_backend_pid() as pid')).rows[0]
+    })
+    app.get('/probe', async (req) => {
+      const { rows: [{ pid }] } = await req.db.query('select pg_backend_pid() as pid')
+      return { pid, v: (await req.db.query(c.probe)).rows[0].v }
+    })
+    const changed = (await app.inject('/change')).json()
+    await assertReturned(t, app, db)
+    const probed = (await app.inject('/probe')).json()
+    t.equal(probed.pid, changed.pid, 'the same backend')
+    t.same(probed.v, c.clean)
+  })
+}
+
+t.test('through connection() and pool.connect() clients too', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/change', async (req) => {
+    const client = await req.db.connection()
+    await client.query('set role tenant_reader')
+    return 'ok'
+  })
+  await app.inject('/change')
+  await assertReturned(t, app, db)
+  t.same((await app.pg.query('select current_user::text as v')).rows, [{ v: 'postgres' }])
+  const client = await app.pg.pool.connect()
+  await client.query("select set_config('app.tenant_id', '7', false)")
+  client.release()
+  await assertReturned(t, app, db)
+  t.same((await app.pg.query("select coalesce(current_setting('app.tenant_id', true), '') as v")).rows, [{ v: '' }])
+})
+
+t.test('named prepared statements keep working across a reset (pg\'s cache stays truthful)', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  const named = { name: 'tenant_count', text: 'select 41 + 1 as v' }
+  app.get('/', async (req) => {
+    const { rows } = await req.db.query(named)
+    await req.db.query("set application_name = 'changed'") // forces a reset on return
+    return rows[0]
+  })
+  for (let i = 0; i < 3; i++) t.same((await app.inject('/')).json(), { v: 42 }, `request ${i + 1}`)
+})
+
+t.test('statements that leave nothing behind cost no reset', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/', async (req) => {
+    await req.db.query({ name: 'kept', text: 'select 1 as v' })
+    await req.db.query("update pg_settings set setting = setting where name = 'nonexistent'")
+    return (await req.db.query("select count(*)::int as n from pg_prepared_statements where name = 'kept'")).rows[0]
+  })
+  await app.inject('/')
+  t.same((await app.inject('/')).json(), { n: 1 }, 'the server-side prepared statement survived: no DISCARD ALL ran')
+})
+
+t.test("sessionReset: 'always' and false", async (t) => {
+  const always = await buildApp(t, db, { max: 1, sessionReset: 'always' })
+  await always.pg.query({ name: 'kept', text: 'select 1' })
+  t.same((await always.pg.query('select count(*)::int as n from pg_prepared_statements')).rows, [{ n: 0 }], 'reset after every checkout')
+  const never = await buildApp(t, db, { max: 1, sessionReset: false })
+  await never.pg.query('set search_path = elsewhere')
+  t.same((await never.pg.query("select current_setting('search_path') as v")).rows, [{ v: 'elsewhere' }], 'left alone')
+})
+
+t.test('a reset that cannot complete destroys the connection', async (t) => {
+  const { proxy, url } = await proxied(t, db)
+  const app = await buildApp(t, db, { max: 1, connectionString: url, pingTimeoutMs: 200 })
+  const client = await app.pg.pool.connect()
+  await client.query('listen doomed')
+  proxy.blackhole() // the DISCARD ALL on return will get no answer
+  client.release()
+  await until(() => app.pg.stats().total === 0, 'the connection is destroyed, not pooled')
+  t.same((await app.pg.query('select 1 as n')).rows, [{ n: 1 }], 'a new connection serves')
+})
