@@ -192,7 +192,8 @@ export class RequestHandle implements RequestDb {
         this.#checkout = undefined
         break
       case 'released':
-        this.#fail(new PgRequestEndedError())
+        // Most requests end with nothing queued: no error (and no stack) is built for them.
+        if (this.#queue.length > 0) this.#fail(new PgRequestEndedError())
         if (prev === 'acquiring') (this.#abort as AbortController).abort(new PgRequestEndedError())
         else if (prev === 'held') {
           this.#guarded?.closeCursors()
