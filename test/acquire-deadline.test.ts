@@ -3,10 +3,9 @@
  * in Fastify's error shape. Never a hang, never a 500.
  */
 import t, { type Test } from 'tap'
-import { buildApp } from './helpers/app.js'
+import { buildApp, holdRoute } from './helpers/app.js'
 import { closedPort, proxied, silentServer } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
-import { deferred } from './helpers/util.js'
 
 const db = await setupDatabase(t)
 
@@ -24,24 +23,17 @@ function assert503 (t: Test, res: { statusCode: number, headers: Record<string, 
 
 t.test('pool exhausted: 503 FST_PG_ACQUIRE_TIMEOUT after acquireTimeoutMs', async (t) => {
   const app = await buildApp(t, db, { max: 1, acquireTimeoutMs: 400 })
-  const holding = deferred()
-  const release = deferred()
-  app.get('/hold', async (req) => {
-    await req.db.query('select 1')
-    holding.resolve()
-    await release.promise
-    return 'done'
-  })
+  const { holding, release } = holdRoute(app)
   app.get('/', async (req) => (await req.db.query('select 1 as n')).rows[0])
   const held = app.inject('/hold')
-  await holding.promise
+  await holding
   const start = performance.now()
   const res = await app.inject('/')
   const ms = performance.now() - start
   assert503(t, res, 'FST_PG_ACQUIRE_TIMEOUT')
   t.ok(ms >= 395 && ms < 1400, `answered at the deadline (${Math.round(ms)} ms)`)
   t.equal(app.pg.stats().waiting, 0, 'the timed-out checkout left the queue')
-  release.resolve()
+  release()
   t.equal((await held).statusCode, 200)
   t.equal((await app.inject('/')).statusCode, 200, 'served again once a connection is free')
 })

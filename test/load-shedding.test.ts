@@ -7,6 +7,7 @@ import underPressure from '@fastify/under-pressure'
 import Fastify from 'fastify'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
+import { holdRoute } from './helpers/app.js'
 import { DrainRate } from '../src/drain.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred, logLines, until } from './helpers/util.js'
@@ -19,14 +20,7 @@ async function build (t: { teardown (fn: () => unknown): void }, options: PgPool
   await app.register(pgPool, { connectionString: db.url, max: 1, maxWaiting: 1, ...options })
   t.teardown(() => app.close())
   // One connection held until the test lets go, one checkout queued behind it.
-  const release = deferred()
-  const holding = deferred()
-  app.get('/hold', async (req) => {
-    await req.db.query('select 1')
-    holding.resolve()
-    await release.promise
-    return 'held'
-  })
+  const { holding, release } = holdRoute(app)
   let handled = 0
   let parsed = 0
   app.post('/work', {
@@ -38,7 +32,7 @@ async function build (t: { teardown (fn: () => unknown): void }, options: PgPool
   app.get('/live', { config: { pgPool: { shedding: false } } }, async () => 'alive')
   const saturate = async () => {
     const held = app.inject('/hold')
-    await holding.promise
+    await holding
     const queued = app.inject({ method: 'POST', url: '/work', payload: {} })
     await until(() => app.pg.stats().waiting === 1, 'a checkout is queued')
     return { held, queued }
@@ -55,7 +49,7 @@ t.test('a full wait queue: 503 FST_PG_QUEUE_FULL at once, with Retry-After', asy
   t.equal(res.statusCode, 503)
   t.match(res.json(), { code: 'FST_PG_QUEUE_FULL', statusCode: 503 })
   t.match(res.headers['retry-after'], /^[1-9]\d*$/)
-  release.resolve()
+  release()
   t.equal((await held).statusCode, 200)
   t.equal((await queued).statusCode, 200, 'the queued checkout was served')
 })
@@ -77,7 +71,7 @@ t.test('saturated: shed in onRequest before parsing and handler; opted-out route
   t.equal(diagnosis.length, 1, 'one diagnosis line')
   t.match(diagnosis[0], { level: 40, checkedOutByRoute: { 'GET /hold': 1 }, oldestHold: { route: 'GET /hold' } })
 
-  release.resolve()
+  release()
   await held
   await queued
   const after = await app.inject({ method: 'POST', url: '/work', payload: {} })

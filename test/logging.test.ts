@@ -6,9 +6,10 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
+import { holdRoute } from './helpers/app.js'
 import { proxied } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
-import { deferred, logLines } from './helpers/util.js'
+import { logLines } from './helpers/util.js'
 
 const db = await setupDatabase(t)
 
@@ -38,19 +39,12 @@ t.test('a failed ping is logged at debug with the request id', async (t) => {
 
 t.test('a missed deadline is a warn line', async (t) => {
   const { app, lines } = await logged(t, { max: 1, acquireTimeoutMs: 300 })
-  const release = deferred()
-  const holding = deferred()
-  app.get('/hold', async (req) => {
-    await req.db.query('select 1')
-    holding.resolve()
-    await release.promise
-    return 'ok'
-  })
+  const { holding, release } = holdRoute(app)
   app.get('/', async (req) => (await req.db.query('select 1')).rows)
   const held = app.inject('/hold')
-  await holding.promise
+  await holding
   t.equal((await app.inject('/')).statusCode, 503)
-  release.resolve()
+  release()
   await held
   const warn = lines.find((l) => /acquireTimeoutMs/.test(l.msg))
   t.equal(warn?.level, 40)

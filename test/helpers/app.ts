@@ -2,7 +2,7 @@ import type { Test } from 'tap'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import pgPool, { type PgPoolOptions } from '../../src/index.js'
 import type { Database } from './postgres.js'
-import { until } from './util.js'
+import { deferred, until } from './util.js'
 
 interface Teardown { teardown (fn: () => unknown): void }
 
@@ -44,4 +44,20 @@ export async function assertReturned (
   t.equal(rows[0]?.n, 0, 'no idle-in-transaction backend is left')
   const { rows: [row] } = await app.pg.query<{ ok: number }>('select 1 as ok')
   t.equal(row?.ok, 1, 'the pool still serves')
+}
+
+/**
+ * A route that checks out a connection (one query) and holds it until the test calls
+ * `release()`: `holding` resolves once it holds it.
+ */
+export function holdRoute (app: FastifyInstance, path = '/hold'): { holding: Promise<void>, release: () => void } {
+  const holding = deferred()
+  const release = deferred()
+  app.get(path, async (req) => {
+    await req.db.query('select 1')
+    holding.resolve()
+    await release.promise
+    return 'held'
+  })
+  return { holding: holding.promise, release: () => release.resolve() }
 }
