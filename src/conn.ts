@@ -3,7 +3,7 @@ import type { Client } from 'pg'
 import { isConnectionError, isReadTimeout } from './errors.js'
 
 /** Why a connection left the pool for good. */
-export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close'
+export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close' | 'unpooled'
 
 /** The request (or job) holding a connection: read only to name its route in a diagnosis. */
 export interface Holder { method: string, routeOptions: { url?: string | undefined } }

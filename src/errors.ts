@@ -78,6 +78,27 @@ export const PgDoubleReleaseError = createError<'FST_PG_DOUBLE_RELEASE', 500, []
 )
 
 /**
+ * Behind PgBouncer in transaction mode (`pgbouncer: true`), a statement that may leave state on
+ * the session was sent outside a transaction. PgBouncer would leave that state on whichever
+ * server connection ran it, for another client to find, or lose it before the next statement.
+ */
+export const PgSessionStateError = createError<'FST_PG_SESSION_STATE', 500, []>(
+  'FST_PG_SESSION_STATE',
+  'Behind PgBouncer in transaction mode, session state (SET, SET ROLE, LISTEN, PREPARE, temporary tables, advisory locks) does not last beyond one transaction; the statement was not sent. Run it inside a transaction, with SET LOCAL or set_config(..., true)',
+  500
+)
+
+/**
+ * The route's transaction (`config.pgPool.transaction`) could not commit: a statement in it
+ * failed and the handler went on, so PostgreSQL rolled it back. The reply cannot claim success.
+ */
+export const PgTransactionAbortedError = createError<'FST_PG_TRANSACTION_ABORTED', 500, []>(
+  'FST_PG_TRANSACTION_ABORTED',
+  "A statement in the route's transaction failed, so it was rolled back instead of committed",
+  500
+)
+
+/**
  * Adds the `Retry-After` header (whole seconds) to a 503 error. Fastify copies `error.headers`
  * onto the reply before serialising the error.
  */

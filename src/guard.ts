@@ -40,19 +40,27 @@ export function guardClient (
   usable: () => boolean,
   release: (error?: Error | boolean) => void,
   refusal: () => Error,
-  onStatement: (statement: unknown) => void
+  /** Sees every statement before it is sent; returns the one to send, or throws to refuse it. */
+  admit: (statement: unknown) => unknown
 ): GuardedClient {
   const { client } = conn
   const cursors: Submittable[] = []
   const query = (...args: unknown[]): unknown => {
     const first = args[0] as Partial<Submittable> | null | undefined
     const submittable = typeof first?.submit === 'function'
-    if (usable()) {
-      onStatement(first)
+    let error: unknown
+    if (!usable()) error = refusal()
+    else {
+      try {
+        args[0] = admit(first)
+      } catch (refused) {
+        error = refused
+      }
+    }
+    if (error === undefined) {
       if (submittable) cursors.push(first as Submittable)
       return (client.query as (...a: unknown[]) => unknown)(...args)
     }
-    const error = refusal()
     const last = args[args.length - 1]
     if (typeof last === 'function') return process.nextTick(last as (e: Error) => void, error)
     if (submittable) throw error

@@ -1,11 +1,12 @@
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest, onSendHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
 import { PgInvalidOptionError, PgNotReadyError } from './errors.js'
 import { resolveOptions, type PgPoolOptions } from './options.js'
 import { PgPool, type PoolStats } from './pool.js'
-import { createPressure, registerPressure, type PgRouteConfig, type Pressure } from './pressure.js'
+import { createPressure, registerPressure, type Pressure } from './pressure.js'
 import { RequestHandle, type RequestDb } from './request-db.js'
+import { routeSettings, setupRoute, type PgRouteConfig } from './route.js'
 
 export {
   PgAcquireTimeoutError,
@@ -17,12 +18,15 @@ export {
   PgReleasedError,
   PgSaturatedError,
   PgRequestEndedError,
+  PgSessionStateError,
+  PgTransactionAbortedError,
   PgUnavailableError,
   isConnectionError
 } from './errors.js'
 export type { PgPoolOptions, PgPoolPluginOptions, PgQueryConfig } from './options.js'
 export type { PgPool, PoolStats } from './pool.js'
-export type { PgRouteConfig, Pressure } from './pressure.js'
+export type { Pressure } from './pressure.js'
+export type { PgRouteConfig } from './route.js'
 export type { RequestDb, TransactionOptions } from './request-db.js'
 
 /** `fastify.pg` */
@@ -37,7 +41,7 @@ export interface PgDecorator extends Pressure {
 
 declare module 'fastify' {
   interface FastifyContextConfig {
-    /** `{ shedding: false }`: this route is not shed while the pool is saturated (liveness probes). */
+    /** This route's database settings: shedding, a transaction around the handler, a statement timeout. */
     pgPool?: PgRouteConfig
   }
   interface FastifyRequest {
@@ -85,9 +89,17 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
       const request = this as FastifyRequest & Internals
       const reply = request[kReply]
       if (reply === null) throw new PgNotReadyError()
-      return (request[kHandle] ??= new RequestHandle(pool, request, reply.raw))
+      if (request[kHandle] !== null) return request[kHandle]
+      const settings = routeSettings((request.routeOptions.config as { pgPool?: PgRouteConfig }).pgPool)
+      return (request[kHandle] = new RequestHandle(pool, request, reply.raw, settings))
     }
   })
+  // A transactional route commits (or rolls back) before its reply is sent.
+  const endTransaction: onSendHookHandler = async (request, reply, payload) => {
+    await (request as FastifyRequest & Internals)[kHandle]?.endTransaction(reply.statusCode < 400)
+    return payload
+  }
+  fastify.addHook('onRoute', (route) => setupRoute(route, endTransaction))
   // The handle needs the response to learn when the request ends; nothing else runs per request.
   fastify.addHook('onRequest', (request, reply, done) => {
     (request as FastifyRequest & Internals)[kReply] = reply

@@ -67,6 +67,30 @@ export interface PgPoolPluginOptions {
    * @default 10000
    */
   closeTimeoutMs?: number
+  /**
+   * Statements running longer than this are cancelled by the server (SQLSTATE 57014). A route
+   * can set its own (`config.pgPool.statementTimeoutMs`). Directly on PostgreSQL the plugin-wide
+   * value is a connection parameter (free); a route's own value, or any value behind PgBouncer,
+   * travels with the statement in the same round trip, local to its transaction. `0` or `false`:
+   * no timeout from the plugin (the server's setting applies).
+   * @default 0
+   */
+  statementTimeoutMs?: number | false
+  /**
+   * The database is reached through PgBouncer in transaction mode (or a pooler like it): named
+   * prepared statements are sent unnamed, statements that would leave session state are refused
+   * with `FST_PG_SESSION_STATE` unless inside a transaction, no connection parameter PgBouncer
+   * refuses is sent, and there is no session reset (there is no session to reset).
+   * @default false
+   */
+  pgbouncer?: boolean
+  /**
+   * `false`: no pool. Each request opens its own connection on first use and closes it when it
+   * ends (SQLAlchemy's NullPool), for use behind an external pooler or in short-lived processes.
+   * Every other guarantee holds; `max` still bounds the connections open at once.
+   * @default true
+   */
+  pooling?: boolean
 }
 
 /**
@@ -101,6 +125,10 @@ export interface ResolvedOptions {
   readonly closeTimeoutMs: number
   readonly maxWaiting: number
   readonly sessionReset: 'auto' | 'always' | false
+  /** 0: none. */
+  readonly statementTimeoutMs: number
+  readonly pgbouncer: boolean
+  readonly pooling: boolean
   readonly underPressure: UnderPressureOptions | false
   readonly onConnect: ((client: ClientBase) => void | Promise<void>) | undefined
 }
@@ -128,8 +156,11 @@ const POOL_KEYS = new Set([
   'max', 'min', 'idleTimeoutMillis', 'log', 'Promise', 'allowExitOnIdle', 'maxUses',
   'maxLifetimeSeconds', 'Client', 'onConnect', 'verify', 'connectionTimeoutMillis',
   'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs', 'maxLifetimeMs', 'maxLifetimeJitter',
-  'maxWaiting', 'underPressure', 'sessionReset'
+  'maxWaiting', 'underPressure', 'sessionReset', 'statementTimeoutMs', 'pgbouncer', 'pooling'
 ])
+
+/** Connection parameters PgBouncer refuses at startup (unless listed in its ignore_startup_parameters). */
+const REFUSED_BY_PGBOUNCER = ['statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', 'options'] as const
 
 /** Strings that may carry a password are described, never shown. */
 const SECRET_BEARING = new Set(['password', 'connectionString', 'options'])
@@ -160,6 +191,21 @@ function num (opts: PgPoolOptions, name: keyof PgPoolOptions, fallback: number, 
   const value = opts[name]
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !check(value)) fail(name, expected, value)
+  return value
+}
+
+function flag (opts: PgPoolOptions, name: 'pgbouncer' | 'pooling', fallback: boolean): boolean {
+  const value = opts[name]
+  if (value !== undefined && typeof value !== 'boolean') fail(name, 'true or false', value)
+  return value ?? fallback
+}
+
+/** `statementTimeoutMs`, plugin-wide or a route's: 0 means none. */
+export function statementTimeout (value: unknown, name = 'statementTimeoutMs'): number {
+  if (value === undefined || value === false) return 0
+  if (typeof value !== 'number' || !Number.isInteger(value) || !nonNegative(value)) {
+    fail(name, `a whole number of milliseconds from 0 to ${MAX_MS}, or false`, value)
+  }
   return value
 }
 
@@ -226,12 +272,29 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     }
   }
 
+  const pgbouncer = flag(opts, 'pgbouncer', false)
+  const pooling = flag(opts, 'pooling', true)
+  if (!pooling && min > 0) fail('min', '0 when pooling is false (no connection is kept)', min)
+  const statementTimeoutMs = statementTimeout(opts.statementTimeoutMs)
+  if (pgbouncer) {
+    for (const name of REFUSED_BY_PGBOUNCER) {
+      if (client[name] !== undefined) fail(name, 'unset with pgbouncer: true (PgBouncer refuses it as a connection parameter; use statementTimeoutMs, or SET LOCAL in a transaction)', client[name])
+    }
+  } else if (statementTimeoutMs > 0) {
+    if (client.statement_timeout !== undefined) fail('statement_timeout', 'unset when statementTimeoutMs is given (use one of them)', client.statement_timeout)
+    // A connection parameter: set once per connection, costs nothing per statement.
+    client.statement_timeout = statementTimeoutMs
+  }
+
   const maxWaiting = opts.maxWaiting === Infinity
     ? Infinity
     : num(opts, 'maxWaiting', 2 * max, wholeOrZero, 'a whole number of at least 0, or Infinity')
-  const sessionReset = opts.sessionReset ?? 'auto'
+  const sessionReset = opts.sessionReset ?? (pgbouncer ? false : 'auto')
   if (sessionReset !== 'auto' && sessionReset !== 'always' && sessionReset !== false) {
     fail('sessionReset', "'auto', 'always' or false", sessionReset)
+  }
+  if (pgbouncer && sessionReset !== false) {
+    fail('sessionReset', 'false with pgbouncer: true (in transaction mode a reset would run on whichever server connection PgBouncer picks)', sessionReset)
   }
   const underPressure = opts.underPressure ?? {}
   if (underPressure !== false && (underPressure === null || typeof underPressure !== 'object')) {
@@ -258,6 +321,9 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     closeTimeoutMs: num(opts, 'closeTimeoutMs', defaults.closeTimeoutMs, nonNegative, msOrZero),
     maxWaiting,
     sessionReset,
+    statementTimeoutMs,
+    pgbouncer,
+    pooling,
     underPressure,
     onConnect: verify === undefined
       ? onConnect

@@ -7,6 +7,7 @@ import {
   PgPoolClosedError,
   PgQueueFullError,
   PgReleasedError,
+  PgSessionStateError,
   PgUnavailableError,
   isConnectionError,
   withRetryAfter
@@ -15,6 +16,7 @@ import { Conn, type DestroyReason, type Holder } from './conn.js'
 import { DrainRate } from './drain.js'
 import { changesSession } from './session.js'
 import { guardClient } from './guard.js'
+import { isTransactionControl, sendStatement } from './timeout.js'
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 
 const noop = (): void => {}
@@ -72,12 +74,15 @@ export class PgPool {
    * "invalidation", with a ping instead of a reconnect).
    */
   #suspectBefore = -Infinity
+  /** Behind PgBouncer, the statement timeout sent with each statement (see timeout.ts). */
+  readonly #timeoutMs: number | undefined
   #onClosed!: () => void
   readonly #closed = new Promise<void>((resolve) => { this.#onClosed = resolve })
 
   constructor (opts: ResolvedOptions, log: FastifyBaseLogger) {
     this.#opts = opts
     this.#log = log
+    this.#timeoutMs = this.timeoutToSend(undefined)
     // Closing idle connections on time to the millisecond is not worth a timer per release.
     if (Number.isFinite(opts.idleTimeoutMs)) {
       this.#housekeeper = setInterval(() => this.#sweep(), Math.max(10, Math.min(opts.idleTimeoutMs / 2, 5000))).unref()
@@ -88,9 +93,33 @@ export class PgPool {
   get idleCount (): number { return this.#idle.length }
   get waitingCount (): number { return this.#waiters.size }
 
-  /** @internal A statement is about to run on `conn`: may it leave session state behind? */
-  noteStatement (conn: Conn, statement: unknown): void {
-    if (!conn.dirty && this.#opts.sessionReset === 'auto' && changesSession(statement)) conn.dirty = true
+  /**
+   * @internal Every statement passes here just before it is sent on `conn`, and is sent as
+   * returned. Directly on PostgreSQL: notes whether it may change the session (to reset it on
+   * return). Behind PgBouncer: refuses session state outside a transaction, and sends named
+   * prepared statements unnamed (PgBouncer 1.18 cannot keep them: the next transaction may run
+   * on another server connection).
+   */
+  admit (conn: Conn, statement: unknown): unknown {
+    if (!this.#opts.pgbouncer) {
+      if (!conn.dirty && this.#opts.sessionReset === 'auto' && changesSession(statement)) conn.dirty = true
+      return statement
+    }
+    if (conn.client.getTransactionStatus() === 'I' && changesSession(statement)) throw new PgSessionStateError()
+    const named = statement as { name?: unknown, submit?: unknown } | null
+    if (typeof named?.name === 'string' && typeof named.submit !== 'function') return { ...named, name: undefined }
+    return statement
+  }
+
+  /**
+   * @internal The statement timeout to send with each statement (see timeout.ts): behind
+   * PgBouncer, any; directly, only a route's own (the plugin's is a connection parameter).
+   */
+  timeoutToSend (routeMs: number | undefined): number | undefined {
+    const { statementTimeoutMs, pgbouncer } = this.#opts
+    const ms = routeMs ?? statementTimeoutMs
+    if (pgbouncer) return ms > 0 ? ms : undefined
+    return ms === statementTimeoutMs ? undefined : ms
   }
 
   /** Seconds until a checkout arriving now would likely be served: the `Retry-After` of 503s. */
@@ -221,7 +250,7 @@ export class PgPool {
       if (error) conn.broken = true
       guarded.closeCursors()
       this.release(conn)
-    }, () => new PgReleasedError(), (statement) => this.noteStatement(conn, statement))
+    }, () => new PgReleasedError(), (statement) => this.admit(conn, statement))
     return guarded.client
   }
 
@@ -231,9 +260,12 @@ export class PgPool {
    */
   async query<R extends QueryResultRow = any>(textOrConfig: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
     const conn = await this.acquire()
-    this.noteStatement(conn, textOrConfig)
     try {
-      const result = await conn.client.query<R>(textOrConfig as string, values)
+      const statement = this.admit(conn, textOrConfig)
+      const timeoutMs = this.#timeoutMs !== undefined && !isTransactionControl(statement) ? this.#timeoutMs : undefined
+      const result = await new Promise<QueryResult<R>>((resolve, reject) => {
+        sendStatement(conn.client, statement, values, timeoutMs, (error, res) => error ? reject(error) : resolve(res))
+      })
       this.release(conn)
       return result
     } catch (error) {
@@ -478,6 +510,7 @@ export class PgPool {
    */
   #checkin (conn: Conn): void {
     if (this.#state !== 'open') return this.#destroy(conn, 'close')
+    if (!this.#opts.pooling) return this.#destroy(conn, 'unpooled')
     if (conn.uses >= this.#opts.maxUses) return this.#destroy(conn, 'uses')
     if (conn.expired) return this.#destroy(conn, 'lifetime')
     conn.state = 'idle'

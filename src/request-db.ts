@@ -1,12 +1,14 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
-import { PgInvalidOptionError, PgRequestEndedError, isConnectionError } from './errors.js'
-
-const noop = (): void => {}
+import { PgInvalidOptionError, PgRequestEndedError, PgTransactionAbortedError, isConnectionError } from './errors.js'
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
 import type { PgPool } from './pool.js'
+import type { RouteSettings } from './route.js'
+import { isTransactionControl, sendStatement } from './timeout.js'
+
+const noop = (): void => {}
 
 /** `request.db`: the request's lazily checked-out connection. */
 export interface RequestDb {
@@ -39,10 +41,19 @@ export interface TransactionOptions {
 
 const ISOLATION_LEVELS = new Set(['serializable', 'repeatable read', 'read committed', 'read uncommitted'])
 
-function begin ({ isolationLevel, readOnly, deferrable }: TransactionOptions): string {
+/** Throws a coded error for options `begin()` cannot turn into SQL. */
+export function checkTransactionOptions ({ isolationLevel, readOnly, deferrable }: TransactionOptions): void {
   if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
     throw new PgInvalidOptionError('isolationLevel', `one of ${[...ISOLATION_LEVELS].join(', ')}`, `\`${String(isolationLevel)}\``)
   }
+  for (const [name, value] of [['readOnly', readOnly], ['deferrable', deferrable]] as const) {
+    if (value !== undefined && typeof value !== 'boolean') throw new PgInvalidOptionError(name, 'true or false', `\`${String(value)}\``)
+  }
+}
+
+function begin (options: TransactionOptions): string {
+  checkTransactionOptions(options)
+  const { isolationLevel, readOnly, deferrable } = options
   let sql = 'begin'
   if (isolationLevel !== undefined) sql += ` isolation level ${isolationLevel}`
   if (readOnly !== undefined) sql += readOnly ? ' read only' : ' read write'
@@ -96,11 +107,23 @@ export class RequestHandle implements RequestDb {
   /** How many `transaction()` calls are open: 0 outside, then savepoint depth. */
   #depth = 0
   #guarded: GuardedClient | undefined
+  /** The statement timeout sent with statements (see timeout.ts), when one must be. */
+  readonly #timeoutMs: number | undefined
+  /** The open transaction already carries the statement timeout. */
+  #timed = false
+  /** How the route's transaction begins, while the route runs in one that has not ended. */
+  #routeTx: TransactionOptions | undefined
+  /** The route's BEGIN, once the connection is checked out. */
+  #began: Promise<unknown> | undefined
 
-  constructor (pool: PgPool, request: Holder & { log: FastifyBaseLogger }, response: Response) {
+  constructor (pool: PgPool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings) {
     this.#pool = pool
     this.#log = request.log
     this.#holder = request
+    this.#timeoutMs = pool.timeoutToSend(settings.statementTimeoutMs)
+    this.#routeTx = settings.transaction
+    // Inside the route's transaction, transaction() makes savepoints.
+    if (this.#routeTx !== undefined) this.#depth = 1
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
     if (ended(response)) this.#state = 'released'
     else response.once('close', () => this.#move('released'))
@@ -140,9 +163,29 @@ export class RequestHandle implements RequestDb {
     }
   }
 
+  /**
+   * @internal The route's transaction ends (its onSend hook): COMMIT when `commit`, else
+   * ROLLBACK. A transaction PostgreSQL already aborted (a statement failed and the handler went
+   * on) cannot commit: that throws FST_PG_TRANSACTION_ABORTED, so the reply does not claim success.
+   */
+  async endTransaction (commit: boolean): Promise<void> {
+    if (this.#routeTx === undefined || this.#began === undefined || this.#state === 'released') return
+    this.#routeTx = undefined
+    this.#depth = 0
+    if (!commit) {
+      // A rollback that cannot run changes nothing: the end of the request rolls back or destroys.
+      await this.query('rollback').catch(noop)
+      return
+    }
+    // COMMIT of an aborted transaction answers ROLLBACK, without an error.
+    const { command } = await this.query('commit')
+    if (command === 'ROLLBACK') throw new PgTransactionAbortedError()
+  }
+
   async connection (): Promise<PoolClient> {
     if (this.#state === 'unused') this.#move('acquiring')
     if (this.#state === 'acquiring') await this.#checkout
+    if (this.#state === 'held') await this.#began
     if (this.#state !== 'held') throw new PgRequestEndedError()
     const conn = this.#conn as Conn
     // release() cannot return it early: the plugin returns it when the request ends.
@@ -152,7 +195,7 @@ export class RequestHandle implements RequestDb {
       () => this.#state === 'held',
       (error) => { if (error && this.#state === 'held') conn.broken = true },
       () => new PgRequestEndedError(),
-      (statement) => this.#pool.noteStatement(conn, statement)
+      (statement) => this.#pool.admit(conn, statement)
     )
     return this.#guarded.client
   }
@@ -186,6 +229,8 @@ export class RequestHandle implements RequestDb {
       }
       case 'held':
         this.#conn = conn
+        // The route's transaction begins on the request's first statement, before it.
+        if (this.#routeTx !== undefined && this.#began === undefined) this.#beginRoute(this.#routeTx)
         this.#next()
         break
       case 'unused':
@@ -204,12 +249,46 @@ export class RequestHandle implements RequestDb {
     }
   }
 
+  #beginRoute (options: TransactionOptions): void {
+    this.#began = new Promise((resolve, reject) => {
+      this.#queue.unshift({
+        text: begin(options),
+        values: undefined,
+        retry: false,
+        resolve,
+        reject: (error) => {
+          reject(error)
+          // Nothing queued behind a failed BEGIN may run outside the transaction.
+          this.#fail(error)
+        }
+      })
+    })
+    this.#began.catch(noop)
+  }
+
   #send (job: Job): void {
     const conn = this.#conn as Conn
-    this.#running = true
-    this.#pool.noteStatement(conn, job.text)
     const tx = conn.client.getTransactionStatus()
-    const retry = job.retry && tx !== 'T' && tx !== 'E'
+    let statement: unknown
+    try {
+      statement = this.#pool.admit(conn, job.text)
+    } catch (error) {
+      job.reject(error)
+      return this.#next()
+    }
+    let timeoutMs: number | undefined
+    if (this.#timeoutMs !== undefined) {
+      // Outside a transaction every statement carries the timeout; inside one, the first does.
+      // After transaction control (a rollback to a savepoint undoes it) it is sent again.
+      if (isTransactionControl(statement)) this.#timed = false
+      else if (tx === 'I' || (tx === 'T' && !this.#timed)) {
+        timeoutMs = this.#timeoutMs
+        this.#timed = tx === 'T'
+      }
+    }
+    this.#running = true
+    // Never inside a transaction: the route's, or one the handler began.
+    const retry = job.retry && tx === 'I' && this.#routeTx === undefined
     const done = (error: Error | null, result?: QueryResult<any>): void => {
       this.#running = false
       if (error) {
@@ -227,7 +306,7 @@ export class RequestHandle implements RequestDb {
       this.#next()
     }
     try {
-      conn.client.query(job.text as string, job.values as unknown[], done)
+      sendStatement(conn.client, statement, job.values, timeoutMs, done)
     } catch (error) {
       // pg throws at once on a malformed call (a null query, a bad callback)
       done(error as Error)

@@ -50,7 +50,13 @@ const cases: Array<[PgPoolOptions | unknown, RegExp]> = [
   [{ sessionReset: 'sometimes' }, /`sessionReset`.*'auto', 'always' or false.*`sometimes` \(string\)/],
   [{ underPressure: 'on' }, /`underPressure`.*or false.*`on` \(string\)/],
   [{ connectionString: null }, /`connectionString`.*a string.*a value of type null/],
-  ['postgres://alice:s3cr3t@db/x', /`options`.*an object, got a value of type string/]
+  ['postgres://alice:s3cr3t@db/x', /`options`.*an object, got a value of type string/],
+  [{ pgbouncer: 'yes' }, /`pgbouncer`.*true or false.*`yes` \(string\)/],
+  [{ pgbouncer: true, statement_timeout: 100 }, /`statement_timeout`.*pgbouncer: true \(PgBouncer refuses it.*statementTimeoutMs/],
+  [{ pgbouncer: true, lock_timeout: 100 }, /`lock_timeout`.*PgBouncer refuses it/],
+  [{ pgbouncer: true, idle_in_transaction_session_timeout: 100 }, /`idle_in_transaction_session_timeout`.*PgBouncer refuses it/],
+  [{ pgbouncer: true, options: '-c search_path=x password=hunter2' }, /`options`.*PgBouncer refuses it.*a value of type string/],
+  [{ pgbouncer: true, sessionReset: 'auto' }, /`sessionReset`.*false with pgbouncer: true/]
 ]
 
 for (const [options, message] of cases) {

@@ -53,6 +53,11 @@ test('request.db.query returns typed rows', () => {
 test('route config opts out of shedding; retry is a query option', () => {
   expect(app.get('/live', { config: { pgPool: { shedding: false } } }, async () => 'ok')).type.not.toRaiseError()
   expect(app.get('/live', { config: { pgPool: { shedding: 'no' } } }, async () => 'ok')).type.toRaiseError()
+  expect(app.post('/tx', { config: { pgPool: { transaction: true, statementTimeoutMs: 5000 } } }, async () => 'ok')).type.not.toRaiseError()
+  expect(app.post('/tx', { config: { pgPool: { transaction: { isolationLevel: 'serializable', readOnly: true } } } }, async () => 'ok')).type.not.toRaiseError()
+  expect(app.post('/tx', { config: { pgPool: { transaction: { isolationLevel: 'chaos' } } } }, async () => 'ok')).type.toRaiseError()
+  expect(app.register(pgPool, { pgbouncer: true, pooling: false, statementTimeoutMs: 5000 })).type.not.toRaiseError()
+  expect(app.register(pgPool, { statementTimeoutMs: '5s' })).type.toRaiseError()
   app.get('/', async (req) => {
     expect(req.db.query({ text: 'select 1', retry: true })).type.toBe<Promise<QueryResult<any>>>()
     return 'ok'

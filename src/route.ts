@@ -1,0 +1,76 @@
+import type { RouteOptions } from 'fastify'
+import { PgInvalidOptionError } from './errors.js'
+import { statementTimeout } from './options.js'
+import { checkTransactionOptions, type TransactionOptions } from './request-db.js'
+
+/** Route config: `{ config: { pgPool: { ... } } }`. */
+export interface PgRouteConfig {
+  /** `false`: this route is not shed while the pool is saturated (liveness probes). */
+  shedding?: boolean
+  /**
+   * Runs the whole handler in one transaction, begun on the request's first statement:
+   * committed before the reply is sent when its status is below 400, rolled back otherwise and
+   * on every path where no reply is sent (abort, timeout, hijack). `true`, or how to begin it.
+   * `request.db.transaction()` inside it makes a savepoint.
+   */
+  transaction?: boolean | TransactionOptions
+  /** This route's statement timeout, instead of the plugin's `statementTimeoutMs`. */
+  statementTimeoutMs?: number | false
+}
+
+/** A route's settings after validation, as the request handle reads them. */
+export interface RouteSettings {
+  /** Begin options of the route's transaction, when it runs in one. */
+  readonly transaction: TransactionOptions | undefined
+  /** The route's own statement timeout (0: none), when it has one. */
+  readonly statementTimeoutMs: number | undefined
+}
+
+const NONE: RouteSettings = { transaction: undefined, statementTimeoutMs: undefined }
+/**
+ * Keyed by each route's own copy of its `config.pgPool`, made when the route was added: a config
+ * object shared by several routes, or reaching a route this plugin never saw, has no entry.
+ */
+const settingsOf = new WeakMap<PgRouteConfig, RouteSettings>()
+
+/** The settings of the route a request is on (validated when the route was added). */
+export function routeSettings (config: PgRouteConfig | undefined): RouteSettings {
+  if (config === undefined) return NONE
+  const settings = settingsOf.get(config)
+  // Its transaction hook could not be added: refuse rather than run it without one.
+  if (settings === undefined) throw new PgInvalidOptionError('config.pgPool', 'set on a route added after fastify-pg-pool was registered', 'a route added before')
+  return settings
+}
+
+/**
+ * Validates a route's `config.pgPool` when the route is added (a typo fails at startup, not on
+ * a request), and gives a transactional route the hook that ends its transaction.
+ */
+export function setupRoute (route: RouteOptions, endTransaction: NonNullable<RouteOptions['onSend']>): void {
+  const config = (route.config as { pgPool?: unknown } | undefined)?.pgPool
+  if (config === undefined) return
+  const fail = (name: string, expected: string, value: unknown): never => {
+    throw new PgInvalidOptionError(name === '' ? 'config.pgPool' : `config.pgPool.${name}`, `${expected} (route ${route.method.toString()} ${route.url})`, JSON.stringify(value) ?? String(value))
+  }
+  if (config === null || typeof config !== 'object') return fail('', 'an object', config)
+  const { shedding, transaction, statementTimeoutMs } = config as PgRouteConfig
+  if (shedding !== undefined && typeof shedding !== 'boolean') fail('shedding', 'true or false', shedding)
+  let begin: TransactionOptions | undefined
+  if (transaction === true) begin = {}
+  else if (transaction !== undefined && transaction !== false) {
+    if (transaction === null || typeof transaction !== 'object') fail('transaction', 'true, false or transaction options', transaction)
+    checkTransactionOptions(transaction)
+    begin = transaction
+  }
+  const own: PgRouteConfig = { ...config }
+  route.config = { ...route.config, pgPool: own }
+  settingsOf.set(own, {
+    transaction: begin,
+    statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeout(statementTimeoutMs, 'config.pgPool.statementTimeoutMs')
+  })
+  if (begin !== undefined) {
+    // After the route's own onSend hooks: they may still change the status.
+    const own: unknown[] = route.onSend === undefined ? [] : [route.onSend].flat()
+    route.onSend = [...own, endTransaction] as typeof route.onSend
+  }
+}
