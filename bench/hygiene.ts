@@ -1,47 +1,38 @@
 /**
- * Cost of session hygiene per request: a route whose statement leaves session state (so the
- * connection gets a DISCARD ALL on return) against the same route without it, and the route
- * with `sessionReset: 'always'`. Same process, same run, autocannon in its own process.
- * `npm run bench:hygiene`. Environment: DATABASE_URL, BENCH_DURATION (s, default 10).
+ * Session hygiene: a route whose statement leaves session state (so its connection gets a
+ * DISCARD ALL on return, `sessionReset: 'auto'`) against the same route without it, and a plain
+ * route with `sessionReset: 'always'`.
  */
-import { execFile } from 'node:child_process'
-import { promisify } from 'node:util'
-import Fastify from 'fastify'
-import pgPool, { type PgPoolOptions } from '../src/index.js'
-import { EmbeddedServer } from '../test/helpers/postgres.js'
+import Fastify, { type FastifyInstance } from 'fastify'
+import pgPool, { type PgPoolOptions } from '../dist/esm/index.js'
+import { compare, fixed, listen, table, DURATION, ROUNDS } from './lib.js'
 
-const DURATION = Number(process.env.BENCH_DURATION ?? 10)
-const exec = promisify(execFile)
+const CONNECTIONS = 20
 
-async function measure (options: PgPoolOptions, sql: string): Promise<{ rps: number, p50: number, p99: number }> {
-  const app = Fastify()
-  await app.register(pgPool, { ...options, max: 10 })
-  app.get('/', async (req) => (await req.db.query(sql)).rowCount)
-  const url = await app.listen({ port: 0, host: '127.0.0.1' })
-  const args = ['node_modules/autocannon/autocannon.js', '--json', '-c', '20']
-  await exec(process.execPath, [...args, '-d', '1', url])
-  const { stdout } = await exec(process.execPath, [...args, '-d', String(DURATION), url], { maxBuffer: 64 * 1024 * 1024 })
-  await app.close()
-  const result = JSON.parse(stdout)
-  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99 }
-}
-
-const embedded = process.env.DATABASE_URL ? undefined : new EmbeddedServer()
-await embedded?.start()
-const connectionString = process.env.DATABASE_URL ?? embedded!.url()
-
-const plain = await measure({ connectionString }, 'select 1')
-const dirty = await measure({ connectionString }, "select set_config('app.tenant_id', '42', false)")
-const always = await measure({ connectionString, sessionReset: 'always' }, 'select 1')
-await embedded?.stop()
-
-console.log(`\nSession hygiene: 20 connections, ${DURATION} s, pool max 10\n`)
-console.log('| route | req/s | ratio | p50 (ms) | p99 (ms) |')
-console.log('| --- | ---: | ---: | ---: | ---: |')
-for (const [name, r] of [
-  ['`select 1` (no reset: the baseline)', plain],
-  ['`set_config(..., false)` (reset on return, auto)', dirty],
-  ["`select 1` with `sessionReset: 'always'`", always]
-] as const) {
-  console.log(`| ${name} | ${r.rps.toFixed(0)} | ${(r.rps / plain.rps).toFixed(2)} | ${r.p50} | ${r.p99} |`)
+export async function hygiene (connectionString: string): Promise<string> {
+  const apps: FastifyInstance[] = []
+  const contenders: Array<{ name: string, url: string }> = []
+  const variants: Array<[string, PgPoolOptions, string]> = [
+    ['`select 1`, nothing to reset (baseline)', {}, 'select 1'],
+    ["`set_config(..., false)`: DISCARD ALL on return ('auto')", {}, "select set_config('app.tenant_id', '42', false)"],
+    ["`select 1` with `sessionReset: 'always'`", { sessionReset: 'always' }, 'select 1']
+  ]
+  for (const [name, options, sql] of variants) {
+    const app = Fastify()
+    await app.register(pgPool, { connectionString, max: 10, ...options })
+    app.get('/', async (req) => (await req.db.query(sql)).rowCount)
+    apps.push(app)
+    contenders.push({ name, url: await listen(app) })
+  }
+  const results = await compare(contenders, CONNECTIONS)
+  for (const app of apps) await app.close()
+  const base = results.get(contenders[0]!.name)!
+  const rows = contenders.map(({ name }) => {
+    const r = results.get(name)!
+    // At saturation each request costs 1/rps of the machine: the difference is the reset's cost.
+    const extraUs = (1 / r.rps - 1 / base.rps) * 1e6
+    return [name, fixed(r.rps), fixed(r.rps / base.rps, 3), name === contenders[0]!.name ? '—' : fixed(extraUs), r.p50, r.p99]
+  })
+  return `### Session hygiene: cost of the reset (pool max 10, ${CONNECTIONS} connections, median of ${ROUNDS} interleaved ${DURATION} s rounds)\n\n` +
+    table(['route', 'req/s', 'ratio', 'machine time per request (µs, vs baseline)', 'p50 (ms)', 'p99 (ms)'], ['---', '---:', '---:', '---:', '---:', '---:'], rows)
 }

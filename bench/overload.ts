@@ -16,7 +16,7 @@ import { promisify } from 'node:util'
 import fastifyPostgres from '@fastify/postgres'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type pg from 'pg'
-import pgPool from '../src/index.js'
+import pgPool from '../dist/esm/index.js'
 import { EmbeddedServer } from '../test/helpers/postgres.js'
 
 const DURATION = Number(process.env.BENCH_DURATION ?? 10)

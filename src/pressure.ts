@@ -54,7 +54,7 @@ export function createPressure (pool: PgPool, log: FastifyInstance['log'], userC
       if (oldest === undefined || heldMs > oldest.heldMs) oldest = { route, heldMs: Math.round(heldMs) }
     }
     log.warn({
-      pool: pool.stats(),
+      pool: pool.counts(),
       oldestWaitMs: Math.round(pool.oldestWaitMs()),
       checkedOutByRoute: byRoute,
       oldestHold: oldest
@@ -73,7 +73,7 @@ export function createPressure (pool: PgPool, log: FastifyInstance['log'], userC
       return false
     }
     cause = undefined
-    return { ...(typeof user === 'object' ? user : {}), pool: pool.stats() }
+    return { ...(typeof user === 'object' ? user : {}), pool: pool.counts() }
   }
 
   // under-pressure sends what a pressure handler returns (its type declarations omit that).
@@ -87,7 +87,9 @@ export function createPressure (pool: PgPool, log: FastifyInstance['log'], userC
       // error shape, built once; no error object, no stack, no serializer. The keep-alive
       // connection is closed: a client retrying in a tight loop pays a reconnect, and a load
       // balancer may send the retry to another instance (measured in bench/overload.ts).
-      reply.code(503).header('retry-after', pool.retryAfter()).header('connection', 'close').type('application/json; charset=utf-8')
+      const retryAfter = pool.retryAfter()
+      pool.shed(request, retryAfter)
+      reply.code(503).header('retry-after', retryAfter).header('connection', 'close').type('application/json; charset=utf-8')
       return SATURATED_BODY
     }
     return userHandler?.(request, reply, type, value)

@@ -4,7 +4,7 @@ import { PgInvalidOptionError, PgRequestEndedError, PgTransactionAbortedError, i
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
-import type { PgPool } from './pool.js'
+import type { CheckoutSignal, PgPool } from './pool.js'
 import type { RouteSettings } from './route.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
 
@@ -92,6 +92,22 @@ function ended (response: Response): boolean {
   return response.destroyed === true || response.stream?.destroyed === true
 }
 
+/** Abandons a checkout when the request ends: an AbortSignal's few members, without its cost. */
+class Abandon implements CheckoutSignal {
+  aborted = false
+  reason: unknown = undefined
+  #listener: (() => void) | undefined
+
+  addEventListener (_type: 'abort', listener: () => void): void { this.#listener = listener }
+  removeEventListener (): void { this.#listener = undefined }
+
+  abort (reason: unknown): void {
+    this.aborted = true
+    this.reason = reason
+    this.#listener?.()
+  }
+}
+
 export class RequestHandle implements RequestDb {
   readonly #pool: PgPool
   readonly #log: FastifyBaseLogger
@@ -99,7 +115,7 @@ export class RequestHandle implements RequestDb {
   #state: State = 'unused'
   #conn: Conn | undefined
   #checkout: Promise<Conn> | undefined
-  #abort: AbortController | undefined
+  #abort: Abandon | undefined
   /** A statement of this request is on the wire. */
   #running = false
   /** Statements waiting for the checkout or for the one running. */
@@ -107,6 +123,7 @@ export class RequestHandle implements RequestDb {
   /** How many `transaction()` calls are open: 0 outside, then savepoint depth. */
   #depth = 0
   #guarded: GuardedClient | undefined
+  #origin: Error | undefined
   /** The statement timeout sent with statements (see timeout.ts), when one must be. */
   readonly #timeoutMs: number | undefined
   /** The open transaction already carries the statement timeout. */
@@ -115,6 +132,8 @@ export class RequestHandle implements RequestDb {
   #routeTx: TransactionOptions | undefined
   /** The route's BEGIN, once the connection is checked out. */
   #began: Promise<unknown> | undefined
+  /** The route's transaction has ended (its reply is on its way): no more statements. */
+  #over = false
 
   constructor (pool: PgPool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings) {
     this.#pool = pool
@@ -130,6 +149,12 @@ export class RequestHandle implements RequestDb {
   }
 
   query (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
+    // After the route's transaction ended, a statement would run outside it: refused like after the end.
+    if (this.#over) return Promise.reject(new PgRequestEndedError())
+    return this.#run(text, values)
+  }
+
+  #run (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
     return new Promise((resolve, reject) => {
       const job: Job = { text, values, retry: typeof text === 'object' && text?.retry === true, resolve, reject }
       if (this.#state === 'held' && !this.#running) this.#send(job)
@@ -172,13 +197,15 @@ export class RequestHandle implements RequestDb {
     if (this.#routeTx === undefined || this.#began === undefined || this.#state === 'released') return
     this.#routeTx = undefined
     this.#depth = 0
+    // Statements already queued run first, inside the transaction; later ones are refused.
+    this.#over = true
     if (!commit) {
       // A rollback that cannot run changes nothing: the end of the request rolls back or destroys.
-      await this.query('rollback').catch(noop)
+      await this.#run('rollback').catch(noop)
       return
     }
     // COMMIT of an aborted transaction answers ROLLBACK, without an error.
-    const { command } = await this.query('commit')
+    const { command } = await this.#run('commit')
     if (command === 'ROLLBACK') throw new PgTransactionAbortedError()
   }
 
@@ -186,13 +213,13 @@ export class RequestHandle implements RequestDb {
     if (this.#state === 'unused') this.#move('acquiring')
     if (this.#state === 'acquiring') await this.#checkout
     if (this.#state === 'held') await this.#began
-    if (this.#state !== 'held') throw new PgRequestEndedError()
+    if (this.#state !== 'held' || this.#over) throw new PgRequestEndedError()
     const conn = this.#conn as Conn
     // release() cannot return it early: the plugin returns it when the request ends.
     // release(err) asks for it to be destroyed then, as with pg-pool.
     this.#guarded ??= guardClient(
       conn,
-      () => this.#state === 'held',
+      () => this.#state === 'held' && !this.#over,
       (error) => { if (error && this.#state === 'held') conn.broken = true },
       () => new PgRequestEndedError(),
       (statement) => this.#pool.admit(conn, statement)
@@ -214,8 +241,10 @@ export class RequestHandle implements RequestDb {
           this.#pool.release(this.#conn as Conn)
           this.#conn = undefined
         }
-        const abort = this.#abort = new AbortController()
-        this.#checkout = this.#pool.acquire({ signal: abort.signal, log: this.#log, holder: this.#holder })
+        const abort = this.#abort = new Abandon()
+        // The stack of the request's first use of request.db: the handler's line, for the leak warning.
+        if (this.#pool.leakDetection) this.#origin ??= new Error('checked out here')
+        this.#checkout = this.#pool.acquire({ signal: abort, log: this.#log, holder: this.#holder, origin: this.#origin })
         this.#checkout.then(
           // The pool checks the abort signal last thing before it resolves, and the request
           // can only end in a later event: the state is still 'acquiring' here.
@@ -239,7 +268,7 @@ export class RequestHandle implements RequestDb {
       case 'released':
         // Most requests end with nothing queued: no error (and no stack) is built for them.
         if (this.#queue.length > 0) this.#fail(new PgRequestEndedError())
-        if (prev === 'acquiring') (this.#abort as AbortController).abort(new PgRequestEndedError())
+        if (prev === 'acquiring') (this.#abort as Abandon).abort(new PgRequestEndedError())
         else if (prev === 'held') {
           this.#guarded?.closeCursors()
           this.#pool.release(this.#conn as Conn)
@@ -289,7 +318,11 @@ export class RequestHandle implements RequestDb {
     this.#running = true
     // Never inside a transaction: the route's, or one the handler began.
     const retry = job.retry && tx === 'I' && this.#routeTx === undefined
+    let settled = false
     const done = (error: Error | null, result?: QueryResult<any>): void => {
+      // pg calls back twice when a value fails to serialise: at once, and at ReadyForQuery.
+      if (settled) return
+      settled = true
       this.#running = false
       if (error) {
         conn.failed(error)

@@ -15,8 +15,12 @@ import pg, { type Client } from 'pg'
  * result it would have seen without the timeout.
  */
 
-/** Transaction control: never prefixed (a set_config in front of BEGIN ISOLATION LEVEL breaks it). */
-const TX_CONTROL = /^\s*(?:begin|start\s+transaction|commit|end|rollback|abort|savepoint|release|prepare\s+transaction)\b/i
+/**
+ * Transaction control, and what must be a transaction's first statement: never prefixed (a
+ * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them). Leading
+ * comments are skipped.
+ */
+const TX_CONTROL = /^\s*(?:(?:--[^\n]*\n|\/\*[\s\S]*?\*\/)\s*)*(?:begin|start\s+transaction|commit|end|rollback|abort|savepoint|release|prepare\s+transaction|set\s+transaction)\b/i
 
 export function isTransactionControl (statement: unknown): boolean {
   const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
@@ -53,6 +57,8 @@ export class TimedQuery extends Query {
   readonly #sql: string
   /** The set_config's result has been consumed. */
   #ahead = true
+  /** Characters in front of the statement's own text (simple protocol): error positions are moved back. */
+  #shift = 0
   /**
    * A statement's name, hidden from pg while the set_config is answered: pg records a name as
    * prepared on the first ParseComplete it sees, which is the set_config's.
@@ -76,6 +82,7 @@ export class TimedQuery extends Query {
       return super.submit(connection)
     }
     if (!this.requiresPreparation()) {
+      this.#shift = this.#sql.length + 1
       connection.query(`${this.#sql};${this.text as string}`)
       return null
     }
@@ -91,11 +98,13 @@ export class TimedQuery extends Query {
   /** What pg's own submit() refuses (see pg/lib/query.js). */
   #refused (connection: Connection): boolean {
     const { text, name, values } = this
-    if (typeof text !== 'string') return true
+    const named = typeof name === 'string' && name !== ''
+    // (A name alone runs a statement prepared earlier: the extended protocol.)
+    if (typeof text !== 'string' && !named) return true
     if (values !== undefined && values !== null && !Array.isArray(values)) return true
-    if (name === undefined || name === '') return false
+    if (!named) return false
     const known = connection.parsedStatements[name] ?? connection.submittedNamedStatements[name]
-    return known !== undefined && known !== text
+    return typeof text === 'string' && known !== undefined && known !== text
   }
 
   /** The set_config has answered: the statement's own messages follow. */
@@ -118,6 +127,8 @@ export class TimedQuery extends Query {
   }
 
   override handleError (error: Error, connection: Connection): void {
+    const located = error as Error & { position?: string }
+    if (this.#shift > 0 && located.position !== undefined) located.position = String(Number(located.position) - this.#shift)
     if (this.#ahead) {
       // The set_config itself failed: the statement was skipped, so it is not prepared.
       this.#behind()

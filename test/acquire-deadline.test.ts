@@ -45,7 +45,7 @@ t.test('database refuses connections: 503 FST_PG_UNAVAILABLE at once', async (t)
   const res = await app.inject('/')
   assert503(t, res, 'FST_PG_UNAVAILABLE')
   t.ok(performance.now() - start < 2000, 'failed fast, without waiting for the deadline')
-  t.same(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
 })
 
 t.test('database accepts but never answers: 503 within acquireTimeoutMs', async (t) => {

@@ -24,7 +24,7 @@ t.test('close deadline during a ping: the checkout fails with FST_PG_POOL_CLOSED
   await until(() => app.pg.stats().idle === 0, 'the ping is under way')
   await app.pg.pool.close()
   await checkout
-  t.same(app.pg.stats(), empty)
+  t.has(app.pg.stats(), empty)
 })
 
 t.test('close deadline during a rollback on return: the connection is destroyed, not pooled', async (t) => {
@@ -36,7 +36,7 @@ t.test('close deadline during a rollback on return: the connection is destroyed,
   client.release() // the ROLLBACK waits on the stalled network
   t.equal(app.pg.stats().active, 1)
   await app.pg.pool.close()
-  t.same(app.pg.stats(), empty)
+  t.has(app.pg.stats(), empty)
 })
 
 t.test('close deadline while a returned connection waits for its running query', async (t) => {
@@ -60,7 +60,7 @@ t.test('close deadline while a returned connection waits for its running query',
   await ended.promise
   t.equal(app.pg.stats().active, 1, 'out of the pool until its query settles')
   await app.pg.pool.close()
-  t.same(app.pg.stats(), empty)
+  t.has(app.pg.stats(), empty)
   await db.admin('select pg_advisory_unlock($1)', [LOCK])
 })
 
@@ -73,7 +73,7 @@ t.test('close while checkouts wait: they fail at once', async (t) => {
   await waiting
   holder.release()
   await closing
-  t.same(app.pg.stats(), empty)
+  t.has(app.pg.stats(), empty)
 })
 
 t.test('a connect that fails after close began reports the pool closed', async (t) => {

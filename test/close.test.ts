@@ -38,7 +38,7 @@ t.test('close waits for a checked-out connection, then ends the pool', async (t)
   const res = await sent.done
   t.same(res, { status: 200, headers: (res as { headers: object }).headers, body: '{"n":2}' }, 'the request finished normally')
   await closing
-  t.same(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
   await until(async () => (await appBackends(db)).length === 0, 'the server sees no app connection')
 })
 
@@ -71,7 +71,7 @@ t.test('closeTimeoutMs after close began, a connection still held is destroyed a
   t.match(await handlerError.promise, { message: /Connection terminated/ }, 'the running query was cut off')
   await waiting
   await t.rejects(app.pg.query('select 1'), { code: 'FST_PG_POOL_CLOSED' }, 'and so does any later checkout')
-  t.same(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
   await sent.done
   await db.admin('select pg_advisory_unlock($1)', [LOCK])
   await until(async () => (await appBackends(db)).length === 0, 'the server sees no app connection')
@@ -94,7 +94,7 @@ t.test('a request still being served during close may check out until the deadli
   const res = await sent.done
   t.equal((res as { body: string }).body, '{"n":3}', 'its first query, sent during close, ran')
   await closing
-  t.same(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
 })
 
 t.test('close with nothing checked out is immediate, and twice is fine', async (t) => {
@@ -103,5 +103,5 @@ t.test('close with nothing checked out is immediate, and twice is fine', async (
   t.equal(app.pg.stats().idle, 1)
   await app.close()
   await app.pg.pool.close()
-  t.same(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
 })

@@ -45,6 +45,19 @@ t.test('npm start: the notes API works end to end', async (t) => {
   const invalid = await fetch(`${base}/notes`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"tags":[""]}' })
   t.equal(invalid.status, 400)
 
+  const health = await (await fetch(`${base}/health`)).json() as { pool: { acquires: number, holdMs: { count: number } } }
+  t.ok(health.pool.acquires >= 4, 'stats() counted the checkouts')
+  t.ok(health.pool.holdMs.count >= 4)
+  const scrape = await fetch(`${base}/metrics`)
+  t.match(scrape.headers.get('content-type'), /text\/plain/)
+  const text = await scrape.text()
+  t.match(text, /^pg_pool_connections \d+$/m, 'pool gauges')
+  t.match(text, /^pg_pool_acquires_total ([4-9]|\d\d+)$/m, 'counters from stats()')
+  t.match(text, /^pg_pool_connections_destroyed_total\{reason="error"\} 0$/m, 'destroyed by reason')
+  t.match(text, /^pg_pool_acquire_wait_seconds_count ([4-9]|\d\d+)$/m, 'histograms from the diagnostics channels')
+  t.match(text, /^pg_pool_hold_seconds_bucket\{le="\+Inf"\} ([4-9]|\d\d+)$/m)
+  t.notMatch(text, /password|postgres:\/\//, 'no secret in the metrics')
+
   child.kill('SIGINT')
   t.equal(await exited, 0, 'stops cleanly on Ctrl-C')
 })

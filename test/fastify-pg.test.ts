@@ -13,11 +13,11 @@ t.test('fastify.pg.query runs a statement and returns the connection', async (t)
   t.same(rows, [{ sum: 5 }])
   const named = await app.pg.query({ text: 'select $1::text as v', values: ['x'] })
   t.same(named.rows, [{ v: 'x' }])
-  t.same(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 })
   await t.rejects(app.pg.query('select * from missing_table'), { code: '42P01' })
   // pg rejects on the server's error message; the connection is ready again at ReadyForQuery.
   await until(() => app.pg.stats().idle === 1, 'the connection is back')
-  t.same(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 }, 'a statement error keeps the connection')
+  t.has(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 }, 'a statement error keeps the connection')
 })
 
 t.test('pool counters follow pg-pool names', async (t) => {

@@ -41,8 +41,8 @@ t.test('over HTTP/2: queries, release, and no use after the response closed', as
   await app.listen({ port: 0, host: '127.0.0.1' })
   const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
   t.same(await get(base, '/'), { status: 200, body: '{"n":1}' })
-  t.same(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 })
   t.equal((await get(base, '/late')).status, 200)
   t.match(await late.promise, { code: 'FST_PG_REQUEST_ENDED' })
-  t.same(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 }, 'nothing checked out for it')
+  t.has(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 }, 'nothing checked out for it')
 })

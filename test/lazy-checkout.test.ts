@@ -11,7 +11,7 @@ t.test('a route that never touches request.db takes no connection', async (t) =>
   t.equal(res.statusCode, 200)
   const res404 = await app.inject('/nope')
   t.equal(res404.statusCode, 404)
-  t.same(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
   t.same(await appBackends(db), [])
 })
 
@@ -24,7 +24,7 @@ t.test('the first query checks out; the connection is back in the pool after the
   const res = await app.inject('/one')
   t.equal(res.statusCode, 200)
   t.same(res.json(), { n: 1 })
-  t.same(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 1, idle: 1, active: 0, waiting: 0 })
 })
 
 t.test('concurrent first uses share one checkout', async (t) => {

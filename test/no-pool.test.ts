@@ -63,3 +63,17 @@ t.test('bad values: coded errors', async (t) => {
   await t.rejects(buildApp(t, db, { pooling: 'no' as never }), { code: 'FST_PG_INVALID_OPTION', message: /pooling/ })
   await t.rejects(buildApp(t, db, { pooling: false, min: 1 }), { code: 'FST_PG_INVALID_OPTION', message: /min/ })
 })
+
+t.test('a request that leaves while its connection is being opened: that connection is closed, not kept', async (t) => {
+  const gate = deferred()
+  const app = await buildApp(t, db, { pooling: false, onConnect: async () => { await gate.promise } })
+  app.get('/', async (req) => (await req.db.query('select 1')).rowCount)
+  const sent = send(await listen(app))
+  await until(() => app.pg.stats().total === 1, 'the connection is being opened')
+  sent.req.destroy()
+  await sent.done
+  gate.resolve()
+  await until(() => app.pg.stats().total === 0, 'it is closed')
+  t.equal(app.pg.stats().destroyed.unpooled, 1)
+  t.equal(app.pg.stats().acquires, 0, 'nobody got it')
+})

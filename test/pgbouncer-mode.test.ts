@@ -62,3 +62,18 @@ t.test('the statement timeout travels with each statement, not as a connection p
   client.release()
   await assertReturned(t, app, db)
 })
+
+t.test('a value that fails to serialise does not let a session SET slip out after COMMIT', async (t) => {
+  const app = await buildApp(t, db, { pgbouncer: true, max: 1 })
+  const bad = { toPostgres: () => { throw new Error('cannot serialise') } }
+  app.get('/', async (req) => {
+    await req.db.query('begin')
+    const results = await Promise.allSettled([
+      req.db.query('select $1::text', [bad]),
+      req.db.query('commit'),
+      req.db.query('set search_path = leaked')
+    ])
+    return results.map((r) => r.status === 'fulfilled' ? r.value.command : (r.reason as { code?: string, message: string }).code ?? (r.reason as Error).message)
+  })
+  t.same((await app.inject('/')).json(), ['cannot serialise', 'COMMIT', 'FST_PG_SESSION_STATE'])
+})

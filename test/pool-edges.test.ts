@@ -76,7 +76,7 @@ t.test('close while a connection is being opened: the checkout fails with FST_PG
   await query
   await closing
   await app.close()
-  t.same(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
 })
 
 t.test('a malformed query rejects its own promise and the request goes on', async (t) => {
@@ -191,6 +191,6 @@ t.test('a client-side query_timeout condemns that connection only', async (t) =>
   const clients = await Promise.all([1, 2, 3, 4].map(() => app.pg.pool.connect()))
   for (const c of clients) c.release()
   await t.rejects(app.pg.query('select pg_sleep(0.5)'), { message: 'Query read timeout' })
-  t.same(app.pg.stats(), { total: 3, idle: 3, active: 0, waiting: 0 }, 'its peers stay pooled')
+  t.has(app.pg.stats(), { total: 3, idle: 3, active: 0, waiting: 0 }, 'its peers stay pooled')
   await t.rejects(app.pg.query({ text: 'select pg_sleep(0.5)', retry: true }), { message: 'Query read timeout' }, 'and it is not retried')
 })

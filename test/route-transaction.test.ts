@@ -228,3 +228,50 @@ t.test('a BEGIN that fails (its connection was reset while idle): nothing queued
   t.same(await notes(), [])
   await assertReturned(t, app, db)
 })
+
+t.test('statements the handler left running: those queued before the end run inside and are rolled back; later ones are refused', async (t) => {
+  const app = await buildApp(t, db)
+  let late: unknown
+  const lateDone = deferred()
+  app.post('/', tx, async (req) => {
+    await req.db.query("insert into ledger values ('first')")
+    await Promise.all([
+      (async () => {
+        await req.db.query('select pg_sleep(0.1)')
+        late = await req.db.query("insert into ledger values ('second')").catch((e: { code: string }) => e.code)
+        lateDone.resolve()
+      })(),
+      (async () => {
+        await new Promise((resolve) => setTimeout(resolve, 20))
+        throw new Error('payment service down')
+      })()
+    ])
+  })
+  t.equal((await app.inject({ method: 'POST', url: '/' })).statusCode, 500)
+  await lateDone.promise
+  t.equal(late, 'FST_PG_REQUEST_ENDED', 'refused: it would have run outside the transaction')
+  t.same(await notes(), [], 'nothing committed')
+  await assertReturned(t, app, db)
+})
+
+t.test('after the route transaction ended, connection() and its client refuse too', async (t) => {
+  const app = await buildApp(t, db)
+  const seen: unknown[] = []
+  const checked = deferred()
+  app.post('/', {
+    ...tx,
+    onResponse: async (req) => {
+      seen.push(await req.db.connection().catch((e: { code: string }) => e.code))
+      checked.resolve()
+    }
+  }, async (req, reply) => {
+    const client = await req.db.connection()
+    await client.query("insert into ledger values ('kept')")
+    reply.raw.once('finish', () => { client.query('select 1').catch((e: { code: string }) => seen.push(e.code)) })
+    return 'ok'
+  })
+  t.equal((await app.inject({ method: 'POST', url: '/' })).statusCode, 200)
+  await checked.promise
+  t.same(seen.sort(), ['FST_PG_REQUEST_ENDED', 'FST_PG_REQUEST_ENDED'])
+  t.same(await notes(), ['kept'])
+})

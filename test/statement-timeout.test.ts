@@ -155,3 +155,45 @@ t.test('the connection dies before the timeout is answered: the named statement 
   t.equal((await app.inject('/')).statusCode, 500, 'the reset reached the statement')
   t.same((await app.inject('/')).json(), { n: 7 }, 'on a fresh connection it runs')
 })
+
+t.test('statements that must come first in a transaction are never prefixed; error positions point into the statement', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/', { config: { pgPool: { statementTimeoutMs: 5000 } } }, async (req) => {
+    const iso = await req.db.transaction(async (tx) => {
+      await tx.query('set transaction isolation level serializable')
+      return (await tx.query("select current_setting('transaction_isolation') as v, current_setting('statement_timeout') as t")).rows[0]
+    })
+    await req.db.query('/* app */ begin isolation level repeatable read')
+    const commented = (await req.db.query("select current_setting('transaction_isolation') as v")).rows[0].v
+    await req.db.query('commit')
+    const position = await req.db.query('select nosuchcol from pg_class').catch((e: { position: string }) => e.position)
+    return { iso, commented, position }
+  })
+  t.same((await app.inject('/')).json(), { iso: { v: 'serializable', t: '5s' }, commented: 'repeatable read', position: '8' })
+})
+
+t.test('a statement run by name alone (prepared earlier) carries the timeout too', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/', { config: { pgPool: { statementTimeoutMs: 150 } } }, async (req) => {
+    await req.db.query({ name: 'st-sleep', text: 'select pg_sleep($1)', values: [0] })
+    // pg sends Bind only: the statement exists on this connection.
+    return await req.db.query({ name: 'st-sleep', values: [1] } as never).then(() => 'ran', (e: { code: string }) => e.code)
+  })
+  t.equal((await app.inject('/')).body, '57014')
+})
+
+t.test('a value that fails to serialise: one answer, and the next statement sees the true transaction state', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  const bad = { toPostgres: () => { throw new Error('cannot serialise') } }
+  app.get('/', async (req) => {
+    await req.db.query('begin')
+    const results = await Promise.allSettled([
+      req.db.query('select $1::text', [bad]),
+      req.db.query('commit'),
+      req.db.query('select 1 as x')
+    ])
+    return results.map((r) => r.status === 'fulfilled' ? r.value.command : (r.reason as Error).message)
+  })
+  t.same((await app.inject('/')).json(), ['cannot serialise', 'COMMIT', 'SELECT'])
+  await assertReturned(t, app, db)
+})

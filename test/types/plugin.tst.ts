@@ -67,6 +67,9 @@ test('route config opts out of shedding; retry is a query option', () => {
 test('fastify.pg', () => {
   expect(app.pg.healthCheck).type.toBeAssignableTo<(fastify: typeof app) => Promise<Record<string, unknown> | boolean>>()
   expect(app.pg.stats()).type.toBe<PoolStats>()
+  expect(app.pg.stats().holdMs.p99).type.toBe<number>()
+  expect(app.pg.stats().destroyed.lifetime).type.toBe<number>()
+  expect(app.register(pgPool, { leakDetectionMs: 10_000 })).type.not.toRaiseError()
   expect(app.pg.query<{ n: number }>('select 1 as n')).type.toBe<Promise<QueryResult<{ n: number }>>>()
   expect(app.pg.pool.connect()).type.toBe<Promise<PoolClient>>()
 })

@@ -1,0 +1,76 @@
+/**
+ * What every benchmark shares: a real PostgreSQL (DATABASE_URL, else an embedded one), and
+ * autocannon run in its own process so the load generator does not take the server's event loop.
+ */
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import type { FastifyInstance } from 'fastify'
+import { EmbeddedServer } from '../test/helpers/postgres.js'
+
+const exec = promisify(execFile)
+
+export const DURATION = Number(process.env.BENCH_DURATION ?? 5)
+export const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+
+export interface Measured {
+  rps: number
+  p50: number
+  p99: number
+}
+
+/** autocannon in a child process; its JSON summary. */
+export async function autocannon (url: string, connections: number, duration: number): Promise<any> {
+  const { stdout } = await exec(process.execPath, [
+    'node_modules/autocannon/autocannon.js', '--json', '--timeout', '30',
+    '-c', String(connections), '-d', String(duration), url
+  ], { maxBuffer: 64 * 1024 * 1024 })
+  return JSON.parse(stdout)
+}
+
+/** One measurement: throughput and latency (ms) of `url` under `connections` concurrent clients. */
+export async function measure (url: string, connections: number, duration = DURATION): Promise<Measured> {
+  const result = await autocannon(url, connections, duration)
+  if (result.non2xx > 0 || result.errors > 0) throw new Error(`${url}: ${result.non2xx} non-2xx, ${result.errors} errors`)
+  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99 }
+}
+
+/**
+ * Each contender measured `ROUNDS` times, interleaved (A B C, B C A, ...), so a slow moment of the
+ * machine does not land on one contender; the median round of each is kept.
+ */
+export async function compare (contenders: Array<{ name: string, url: string }>, connections: number): Promise<Map<string, Measured>> {
+  for (const { url } of contenders) await autocannon(url, connections, 1) // warm up
+  const runs = new Map<string, Measured[]>(contenders.map(({ name }) => [name, []]))
+  for (let round = 0; round < ROUNDS; round++) {
+    for (let i = 0; i < contenders.length; i++) {
+      const { name, url } = contenders[(i + round) % contenders.length]!
+      runs.get(name)!.push(await measure(url, connections))
+    }
+  }
+  return new Map([...runs].map(([name, measured]) => {
+    const sorted = measured.slice().sort((a, b) => a.rps - b.rps)
+    return [name, sorted[Math.floor(sorted.length / 2)]!]
+  }))
+}
+
+export async function listen (app: FastifyInstance): Promise<string> {
+  return await app.listen({ port: 0, host: '127.0.0.1' })
+}
+
+export async function database (): Promise<{ url: string, stop: () => Promise<void> }> {
+  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, stop: async () => {} }
+  const embedded = new EmbeddedServer()
+  await embedded.start()
+  return { url: embedded.url(), stop: () => embedded.stop() }
+}
+
+/** A markdown table. */
+export function table (head: string[], align: string[], rows: Array<Array<string | number>>): string {
+  return [
+    `| ${head.join(' | ')} |`,
+    `| ${align.join(' | ')} |`,
+    ...rows.map((row) => `| ${row.join(' | ')} |`)
+  ].join('\n')
+}
+
+export const fixed = (n: number, digits = 0): string => n.toFixed(digits)

@@ -1,0 +1,75 @@
+/**
+ * GET /metrics in Prometheus text format (prom-client): pool gauges and counters read from
+ * `fastify.pg.stats()` at scrape time, and histograms fed from the plugin's diagnostics channels
+ * (checkout wait, hold time, ping duration) as events happen.
+ */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
+import type { FastifyInstance } from 'fastify'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+
+export async function metrics (app: FastifyInstance): Promise<void> {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+  const registers = [registry]
+
+  const gauge = (name: string, help: string, read: () => number): void => {
+    // eslint-disable-next-line no-new
+    new Gauge({ name, help, registers, collect () { this.set(read()) } })
+  }
+  gauge('pg_pool_connections', 'Connections open or being opened', () => app.pg.stats().total)
+  gauge('pg_pool_connections_idle', 'Connections idle in the pool', () => app.pg.stats().idle)
+  gauge('pg_pool_connections_active', 'Connections checked out, opening, pinged or returning', () => app.pg.stats().active)
+  gauge('pg_pool_waiting', 'Checkouts waiting for a connection', () => app.pg.stats().waiting)
+
+  // Counters since the pool started, read from stats() when Prometheus scrapes.
+  const counter = (name: string, help: string, read: (stats: ReturnType<FastifyInstance['pg']['stats']>) => number): void => {
+    // eslint-disable-next-line no-new
+    new Counter({
+      name,
+      help,
+      registers,
+      collect () {
+        this.reset()
+        this.inc(read(app.pg.stats()))
+      }
+    })
+  }
+  counter('pg_pool_acquires_total', 'Checkouts that got a connection', (s) => s.acquires)
+  counter('pg_pool_connections_created_total', 'Connections opened', (s) => s.created)
+  counter('pg_pool_pings_total', 'Pings before handing out a connection idle past pingIdleMs', (s) => s.pings)
+  counter('pg_pool_ping_failures_total', 'Pings that failed (the connection was replaced)', (s) => s.pingFailures)
+  counter('pg_pool_acquire_timeouts_total', 'Checkouts that failed with FST_PG_ACQUIRE_TIMEOUT', (s) => s.acquireTimeouts)
+  counter('pg_pool_shed_total', 'Requests answered 503 FST_PG_SATURATED', (s) => s.shed)
+  counter('pg_pool_leaks_total', 'Checkouts held past leakDetectionMs', (s) => s.leaks)
+  // eslint-disable-next-line no-new
+  new Counter({
+    name: 'pg_pool_connections_destroyed_total',
+    help: 'Connections closed, by reason',
+    labelNames: ['reason'],
+    registers,
+    collect () {
+      this.reset()
+      for (const [reason, n] of Object.entries(app.pg.stats().destroyed)) this.inc({ reason }, n)
+    }
+  })
+
+  // Histograms from the diagnostics channels: every event, not a summary of the last minute.
+  const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+  const wait = new Histogram({ name: 'pg_pool_acquire_wait_seconds', help: 'Time to check out a connection', buckets, registers })
+  const hold = new Histogram({ name: 'pg_pool_hold_seconds', help: 'Time a connection was held by its request or client', buckets, registers })
+  const ping = new Histogram({ name: 'pg_pool_ping_seconds', help: 'Ping round trips', labelNames: ['ok'], buckets, registers })
+  const listeners: Array<[string, (message: any) => void]> = [
+    ['fastify-pg-pool:acquire', (m) => { if (m.error === undefined) wait.observe(m.waitMs / 1000) }],
+    ['fastify-pg-pool:release', (m) => hold.observe(m.holdMs / 1000)],
+    ['fastify-pg-pool:ping', (m) => ping.observe({ ok: String(m.ok) }, m.durationMs / 1000)]
+  ]
+  for (const [name, fn] of listeners) subscribe(name, fn)
+  app.addHook('onClose', async () => {
+    for (const [name, fn] of listeners) unsubscribe(name, fn)
+  })
+
+  app.get('/metrics', { config: { pgPool: { shedding: false } } }, async (_req, reply) => {
+    reply.type(registry.contentType)
+    return await registry.metrics()
+  })
+}
