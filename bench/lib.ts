@@ -16,6 +16,8 @@ export interface Measured {
   rps: number
   p50: number
   p99: number
+  /** CPU time of this (server) process per request, µs: the cost the contender itself adds. */
+  cpuUs: number
 }
 
 /** autocannon in a child process; its JSON summary. */
@@ -29,9 +31,11 @@ export async function autocannon (url: string, connections: number, duration: nu
 
 /** One measurement: throughput and latency (ms) of `url` under `connections` concurrent clients. */
 export async function measure (url: string, connections: number, duration = DURATION): Promise<Measured> {
+  const cpu = process.cpuUsage()
   const result = await autocannon(url, connections, duration)
+  const { user, system } = process.cpuUsage(cpu)
   if (result.non2xx > 0 || result.errors > 0) throw new Error(`${url}: ${result.non2xx} non-2xx, ${result.errors} errors`)
-  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99 }
+  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, cpuUs: (user + system) / result.requests.total }
 }
 
 /**

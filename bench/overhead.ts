@@ -68,11 +68,11 @@ export async function overhead (connectionString: string): Promise<string> {
   for (const app of apps) await app.close()
   for (const p of pools) await p.end()
 
-  const base = results.get('(a) pg Pool, pool.query()')!.rps
+  const base = results.get('(a) pg Pool, pool.query()')!
   const rows = contenders.map(({ name }) => {
     const r = results.get(name)!
-    return [name, fixed(r.rps), fixed(r.rps / base, 3), r.p50, r.p99]
+    return [name, fixed(r.rps), fixed(r.rps / base.rps, 3), fixed(r.cpuUs, 1), fixed(r.cpuUs - base.cpuUs, 1), r.p50, r.p99]
   })
   return `### Overhead: \`select 1\` per request (pool max ${MAX}, ${CONNECTIONS} connections, median of ${ROUNDS} interleaved ${DURATION} s rounds)\n\n` +
-    table(['contender', 'req/s', 'ratio to (a)', 'p50 (ms)', 'p99 (ms)'], ['---', '---:', '---:', '---:', '---:'], rows)
+    table(['contender', 'req/s', 'ratio to (a)', 'server CPU per request (µs)', 'vs (a) (µs)', 'p50 (ms)', 'p99 (ms)'], ['---', '---:', '---:', '---:', '---:', '---:', '---:'], rows)
 }

@@ -28,7 +28,6 @@ interface Waiter {
   readonly log: FastifyBaseLogger
   resolve (conn: Conn | Promise<Conn>): void
   reject (error: unknown): void
-  timer: NodeJS.Timeout | undefined
   signal: CheckoutSignal | undefined
   onAbort: () => void
 }
@@ -91,6 +90,9 @@ export class PgPool {
   /** open → closing (app.close(): no new checkouts) → closed (nothing left open). */
   #state: 'open' | 'closing' | 'closed' = 'open'
   #housekeeper: NodeJS.Timeout | undefined
+  #queueTimer: NodeJS.Timeout | undefined
+  /** When #queueTimer fires (Infinity: not armed). */
+  #queueTimerAt = Infinity
   #leakWatch: NodeJS.Timeout | undefined
   readonly #counters = newCounters()
   readonly #waits = new WindowHistogram()
@@ -422,6 +424,7 @@ export class PgPool {
     clearTimeout(this.#closeTimer)
     clearInterval(this.#housekeeper)
     clearInterval(this.#leakWatch)
+    clearTimeout(this.#queueTimer)
     for (const waiter of this.#waiters) this.#settle(waiter).reject(this.#closedError())
     for (const conn of this.#all) {
       if (conn.state === 'lent') {
@@ -457,22 +460,44 @@ export class PgPool {
         resolve,
         reject,
         signal,
-        timer: undefined,
         onAbort: () => this.#settle(waiter).reject(signal?.reason)
       }
-      waiter.timer = setTimeout(() => {
-        const error = this.#timeoutError(log) // logs the queue as it was, this waiter included
-        this.#settle(waiter).reject(error)
-      }, deadline - performance.now()).unref()
       signal?.addEventListener('abort', waiter.onAbort, { once: true })
       this.#waiters.add(waiter)
+      this.#armQueueTimer(deadline)
     })
+  }
+
+  /**
+   * One timer for the whole queue, armed for the earliest deadline, rather than one per waiter:
+   * under load most checkouts wait a little, and a timer each is measurable.
+   */
+  #armQueueTimer (deadline: number): void {
+    if (deadline >= this.#queueTimerAt) return
+    clearTimeout(this.#queueTimer)
+    this.#queueTimerAt = deadline
+    this.#queueTimer = setTimeout(() => this.#expireWaiters(), Math.max(0, Math.ceil(deadline - performance.now()))).unref()
+  }
+
+  /** Fails the waiters whose deadline passed, and re-arms for the next one. */
+  #expireWaiters (): void {
+    this.#queueTimerAt = Infinity
+    const now = performance.now()
+    let next = Infinity
+    for (const waiter of this.#waiters) {
+      if (waiter.deadline <= now) {
+        const error = this.#timeoutError(waiter.log) // logs the queue as it was, this waiter included
+        this.#settle(waiter).reject(error)
+      } else {
+        next = Math.min(next, waiter.deadline)
+      }
+    }
+    if (next !== Infinity) this.#armQueueTimer(next)
   }
 
   /** Removes a waiter from the queue and disarms it; returns it so the caller settles it. */
   #settle (waiter: Waiter): Waiter {
     this.#waiters.delete(waiter)
-    clearTimeout(waiter.timer)
     waiter.signal?.removeEventListener('abort', waiter.onAbort)
     return waiter
   }

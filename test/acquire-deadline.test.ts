@@ -38,6 +38,33 @@ t.test('pool exhausted: 503 FST_PG_ACQUIRE_TIMEOUT after acquireTimeoutMs', asyn
   t.equal((await app.inject('/')).statusCode, 200, 'served again once a connection is free')
 })
 
+t.test('waiters queued at different times each fail at their own deadline (one timer for the queue)', async (t) => {
+  const app = await buildApp(t, db, { max: 1, maxWaiting: 5, acquireTimeoutMs: 400, underPressure: false })
+  const { holding, release } = holdRoute(app)
+  app.get('/', async (req) => (await req.db.query('select 1 as n')).rows[0])
+  const held = app.inject('/hold')
+  await holding
+  const timed = async (): Promise<{ status: number, ms: number }> => {
+    const start = performance.now()
+    const res = await app.inject('/')
+    return { status: res.statusCode, ms: performance.now() - start }
+  }
+  const first = timed()
+  await new Promise((resolve) => setTimeout(resolve, 150))
+  const second = timed()
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const third = timed() // served: the hold ends before its deadline
+  const [a, b] = await Promise.all([first, second])
+  release()
+  const c = await third
+  t.equal(a!.status, 503)
+  t.equal(b!.status, 503)
+  t.ok(a!.ms >= 395 && a!.ms < 1400, `the first at its deadline (${Math.round(a!.ms)} ms)`)
+  t.ok(b!.ms >= 395 && b!.ms < 1400, `the second at its own deadline, not the first's (${Math.round(b!.ms)} ms)`)
+  t.equal(c.status, 200, `the third was served when the connection came back (${c.status} after ${Math.round(c.ms)} ms)`)
+  t.equal((await held).statusCode, 200)
+})
+
 t.test('database refuses connections: 503 FST_PG_UNAVAILABLE at once', async (t) => {
   const app = await buildApp(t, db, { connectionString: urlWithPort(await closedPort()), acquireTimeoutMs: 5000 })
   app.get('/', async (req) => (await req.db.query('select 1')).rows)
