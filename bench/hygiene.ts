@@ -4,8 +4,8 @@
  * route with `sessionReset: 'always'`.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import pgPool, { type PgPoolOptions } from '../dist/esm/index.js'
-import { compare, fixed, listen, table, DURATION, ROUNDS } from './lib.js'
+import type { PgPoolOptions } from '../src/index.js'
+import { compare, fixed, listen, table, DURATION, ROUNDS, pgPool } from './lib.js'
 
 const CONNECTIONS = 20
 

@@ -3,11 +3,20 @@
  * autocannon run in its own process so the load generator does not take the server's event loop.
  */
 import { execFile } from 'node:child_process'
+import { resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import type { FastifyInstance } from 'fastify'
 import { EmbeddedServer } from '../test/helpers/postgres.js'
 
 const exec = promisify(execFile)
+
+/**
+ * The plugin as users run it: the built package (`npm run bench` builds it first), typed from
+ * the sources (a static import of dist/ would need a build before the typecheck).
+ */
+const built = pathToFileURL(resolve(import.meta.dirname, '../dist/esm/index.js')).href
+export const { default: pgPool } = await import(built) as typeof import('../src/index.js')
 
 export const DURATION = Number(process.env.BENCH_DURATION ?? 5)
 export const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)

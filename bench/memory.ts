@@ -5,8 +5,7 @@
  */
 import { spawn } from 'node:child_process'
 import Fastify from 'fastify'
-import pgPool from '../dist/esm/index.js'
-import { listen, table } from './lib.js'
+import { listen, table, pgPool } from './lib.js'
 
 const IN_FLIGHT = 1000
 

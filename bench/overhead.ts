@@ -10,8 +10,7 @@
 import fastifyPostgres from '@fastify/postgres'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
-import pgPool from '../dist/esm/index.js'
-import { compare, fixed, listen, table, DURATION, ROUNDS } from './lib.js'
+import { compare, fixed, listen, table, DURATION, ROUNDS, pgPool } from './lib.js'
 
 const MAX = 10
 const CONNECTIONS = 20

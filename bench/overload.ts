@@ -16,8 +16,8 @@ import { promisify } from 'node:util'
 import fastifyPostgres from '@fastify/postgres'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type pg from 'pg'
-import pgPool from '../dist/esm/index.js'
 import { EmbeddedServer } from '../test/helpers/postgres.js'
+import { pgPool } from './lib.js'
 
 const DURATION = Number(process.env.BENCH_DURATION ?? 10)
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 100)

@@ -4,8 +4,7 @@
  * SQLAlchemy's pool_pre_ping). Pings per request are read from stats() over the measured run.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import pgPool from '../dist/esm/index.js'
-import { autocannon, fixed, listen, measure, table, DURATION, ROUNDS, type Measured } from './lib.js'
+import { autocannon, fixed, listen, measure, table, DURATION, ROUNDS, type Measured, pgPool } from './lib.js'
 
 const CONNECTIONS = 20
 
