@@ -14,11 +14,15 @@ interface Teardown { teardown (fn: () => unknown): void }
 
 const CANDIDATES = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer', '/usr/local/bin/pgbouncer']
 
-/** The pgbouncer binary, or undefined when it is not installed. */
+const runs = (path: string): boolean => spawnSync(path, ['--version']).status === 0
+
+/** The pgbouncer binary (PGBOUNCER names one explicitly), or undefined when there is none. */
 export function findPgBouncer (): string | undefined {
+  const chosen = process.env.PGBOUNCER
+  if (chosen !== undefined && chosen !== '') return runs(chosen) ? chosen : undefined
   const found = spawnSync('sh', ['-c', 'command -v pgbouncer'], { encoding: 'utf8' }).stdout.trim()
   if (found !== '') return found
-  return CANDIDATES.find((path) => spawnSync(path, ['--version']).status === 0)
+  return CANDIDATES.find(runs)
 }
 
 /**
