@@ -58,10 +58,12 @@ export async function metrics (app: FastifyInstance): Promise<void> {
   const wait = new Histogram({ name: 'pg_pool_acquire_wait_seconds', help: 'Time to check out a connection', buckets, registers })
   const hold = new Histogram({ name: 'pg_pool_hold_seconds', help: 'Time a connection was held by its request or client', buckets, registers })
   const ping = new Histogram({ name: 'pg_pool_ping_seconds', help: 'Ping round trips', labelNames: ['ok'], buckets, registers })
+  // The channels are the process's: keep this app's pool's messages only.
+  const mine = (fn: (message: any) => void) => (message: any): void => { if (message.pool === app.pg.pool) fn(message) }
   const listeners: Array<[string, (message: any) => void]> = [
-    ['fastify-pg-pool:acquire', (m) => { if (m.error === undefined) wait.observe(m.waitMs / 1000) }],
-    ['fastify-pg-pool:release', (m) => hold.observe(m.holdMs / 1000)],
-    ['fastify-pg-pool:ping', (m) => ping.observe({ ok: String(m.ok) }, m.durationMs / 1000)]
+    ['fastify-pg-pool:acquire', mine((m) => { if (m.error === undefined) wait.observe(m.waitMs / 1000) })],
+    ['fastify-pg-pool:release', mine((m) => hold.observe(m.holdMs / 1000))],
+    ['fastify-pg-pool:ping', mine((m) => ping.observe({ ok: String(m.ok) }, m.durationMs / 1000))]
   ]
   for (const [name, fn] of listeners) subscribe(name, fn)
   app.addHook('onClose', async () => {

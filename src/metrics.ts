@@ -132,17 +132,19 @@ export function newCounters (): PoolCounters {
 /**
  * Node diagnostics channels, the convention undici and Fastify use: OpenTelemetry, Prometheus
  * or a test subscribes with `diagnostics_channel.subscribe(name, fn)`. A message is built only
- * while someone listens (`hasSubscribers`), so they cost nothing otherwise.
+ * while someone listens (`hasSubscribers`), so they cost nothing otherwise. The channels are the
+ * process's: every message carries `pool` (the `fastify.pg.pool` that sent it), so a subscriber
+ * can tell the pools of several apps apart.
  */
 export const channels = {
-  /** A checkout ended: `{ requestId, waitMs, created, pings }`, or `{ requestId, waitMs, error }`. */
+  /** A checkout ended: `{ pool, requestId, waitMs, created, pings }`, or `{ pool, requestId, waitMs, error }`. */
   acquire: channel('fastify-pg-pool:acquire'),
-  /** A ping answered or failed: `{ requestId, idleMs, durationMs, ok, error? }`. */
+  /** A ping answered or failed: `{ pool, requestId, idleMs, durationMs, ok, error? }`. */
   ping: channel('fastify-pg-pool:ping'),
-  /** A connection came back from its holder: `{ requestId, holdMs }`. */
+  /** A connection came back from its holder: `{ pool, requestId, holdMs }`. */
   release: channel('fastify-pg-pool:release'),
-  /** A connection was closed: `{ reason, ageMs, uses }`. */
+  /** A connection was closed: `{ pool, reason, ageMs, uses }`. */
   destroy: channel('fastify-pg-pool:destroy'),
-  /** A request was shed with 503: `{ requestId, method, url, retryAfter }`. */
+  /** A request was shed with 503: `{ pool, requestId, method, url, retryAfter }`. */
   shed: channel('fastify-pg-pool:shed')
 } as const

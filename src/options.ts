@@ -86,11 +86,12 @@ export interface PgPoolPluginOptions {
   pgbouncer?: boolean
   /**
    * A checkout held longer than this logs one warning with its route, method, request id, held
-   * time and the stack where it was checked out (captured only while this is on, about 1 µs per
-   * checkout). Connections of a request are returned when it ends, so this finds requests that
-   * do not end (a hung handler holds its connection as long as its client waits) and
-   * `pool.connect()` clients never released. `0` or `false`: off.
-   * @default 10000
+   * time and the stack where it was checked out. Connections of a request are returned when it
+   * ends, so this finds requests that do not end (a hung handler holds its connection as long as
+   * its client waits) and `pool.connect()` clients never released. Off by default: the stack is
+   * captured at every checkout while this is on (about 13 µs each, measured in bench/).
+   * `0` or `false`: off.
+   * @default 0
    */
   leakDetectionMs?: number | false
   /**

@@ -18,30 +18,10 @@ import { channels, newCounters, WindowHistogram, WINDOW_MS, type PoolCounters, t
 import { changesSession } from './session.js'
 import { guardClient } from './guard.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
+import { WaitQueue, type CheckoutSignal } from './queue.js'
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 
 const noop = (): void => {}
-
-interface Waiter {
-  readonly deadline: number
-  readonly since: number
-  readonly log: FastifyBaseLogger
-  resolve (conn: Conn | Promise<Conn>): void
-  reject (error: unknown): void
-  signal: CheckoutSignal | undefined
-  onAbort: () => void
-}
-
-/**
- * What a checkout can be abandoned through: an AbortSignal, or anything with these members
- * (request.db brings a lighter one: an AbortController per request is measurable).
- */
-export interface CheckoutSignal {
-  readonly aborted: boolean
-  readonly reason: unknown
-  addEventListener (type: 'abort', listener: () => void, options?: { once: boolean }): void
-  removeEventListener (type: 'abort', listener: () => void): void
-}
 
 export interface AcquireOptions {
   /** Aborting abandons the checkout: a waiting request takes no connection. */
@@ -85,14 +65,11 @@ export class PgPool {
   readonly #log: FastifyBaseLogger
   readonly #all = new Set<Conn>()
   readonly #idle: Conn[] = []
-  readonly #waiters = new Set<Waiter>()
+  readonly #waiters = new WaitQueue((waiter) => this.#timeoutError(waiter.log))
   readonly #drain = new DrainRate()
   /** open → closing (app.close(): no new checkouts) → closed (nothing left open). */
   #state: 'open' | 'closing' | 'closed' = 'open'
   #housekeeper: NodeJS.Timeout | undefined
-  #queueTimer: NodeJS.Timeout | undefined
-  /** When #queueTimer fires (Infinity: not armed). */
-  #queueTimerAt = Infinity
   #leakWatch: NodeJS.Timeout | undefined
   readonly #counters = newCounters()
   readonly #waits = new WindowHistogram()
@@ -177,8 +154,7 @@ export class PgPool {
 
   /** How long the oldest waiting checkout has waited (0 when none waits). */
   oldestWaitMs (): number {
-    const oldest = this.#waiters.values().next().value as Waiter | undefined
-    return oldest === undefined ? 0 : performance.now() - oldest.since
+    return this.#waiters.oldestWaitMs()
   }
 
   /**
@@ -219,7 +195,7 @@ export class PgPool {
   shed (request: Holder, retryAfter: number): void {
     this.#counters.shed++
     if (channels.shed.hasSubscribers) {
-      channels.shed.publish({ requestId: request.id, method: request.method, url: request.url, retryAfter })
+      channels.shed.publish({ pool: this, requestId: request.id, method: request.method, url: request.url, retryAfter })
     }
   }
 
@@ -237,12 +213,13 @@ export class PgPool {
       this.#counters.acquires++
       this.#waits.record(conn.lentAt - started, conn.lentAt)
       if (channels.acquire.hasSubscribers) {
-        channels.acquire.publish({ requestId: options.holder?.id, waitMs: conn.lentAt - started, created: conn.uses === 1, pings: conn.pinged })
+        // Never pooled before: opened for this checkout.
+        channels.acquire.publish({ pool: this, requestId: options.holder?.id, waitMs: conn.lentAt - started, created: conn.idleSince === conn.createdAt, pings: conn.pinged })
       }
       return conn
     } catch (error) {
       if (channels.acquire.hasSubscribers) {
-        channels.acquire.publish({ requestId: options.holder?.id, waitMs: performance.now() - started, error })
+        channels.acquire.publish({ pool: this, requestId: options.holder?.id, waitMs: performance.now() - started, error })
       }
       throw error
     }
@@ -287,7 +264,7 @@ export class PgPool {
     if (conn.state !== 'lent') return
     const now = performance.now()
     this.#holds.record(now - conn.lentAt, now)
-    if (channels.release.hasSubscribers) channels.release.publish({ requestId: conn.holder?.id, holdMs: now - conn.lentAt })
+    if (channels.release.hasSubscribers) channels.release.publish({ pool: this, requestId: conn.holder?.id, holdMs: now - conn.lentAt })
     conn.state = 'returning'
     conn.holder = undefined
     conn.origin = undefined
@@ -410,7 +387,7 @@ export class PgPool {
     this.drain()
     if (this.#state === 'open') {
       this.#state = 'closing'
-      for (const waiter of this.#waiters) this.#settle(waiter).reject(this.#closedError())
+      this.#waiters.rejectAll(() => this.#closedError())
       for (const conn of [...this.#idle]) this.#destroy(conn, 'close')
       if (this.#all.size === 0) this.#shut()
     }
@@ -424,8 +401,7 @@ export class PgPool {
     clearTimeout(this.#closeTimer)
     clearInterval(this.#housekeeper)
     clearInterval(this.#leakWatch)
-    clearTimeout(this.#queueTimer)
-    for (const waiter of this.#waiters) this.#settle(waiter).reject(this.#closedError())
+    this.#waiters.rejectAll(() => this.#closedError())
     for (const conn of this.#all) {
       if (conn.state === 'lent') {
         this.#log.warn({ heldMs: Math.round(performance.now() - conn.lentAt) }, 'fastify-pg-pool: closeTimeoutMs passed; destroying a connection still checked out')
@@ -452,54 +428,7 @@ export class PgPool {
       this.#counters.queueFull++
       throw withRetryAfter(new PgQueueFullError(this.#opts.maxWaiting), this.retryAfter())
     }
-    return new Promise<Conn>((resolve, reject) => {
-      const waiter: Waiter = {
-        deadline,
-        since: performance.now(),
-        log,
-        resolve,
-        reject,
-        signal,
-        onAbort: () => this.#settle(waiter).reject(signal?.reason)
-      }
-      signal?.addEventListener('abort', waiter.onAbort, { once: true })
-      this.#waiters.add(waiter)
-      this.#armQueueTimer(deadline)
-    })
-  }
-
-  /**
-   * One timer for the whole queue, armed for the earliest deadline, rather than one per waiter:
-   * under load most checkouts wait a little, and a timer each is measurable.
-   */
-  #armQueueTimer (deadline: number): void {
-    if (deadline >= this.#queueTimerAt) return
-    clearTimeout(this.#queueTimer)
-    this.#queueTimerAt = deadline
-    this.#queueTimer = setTimeout(() => this.#expireWaiters(), Math.max(0, Math.ceil(deadline - performance.now()))).unref()
-  }
-
-  /** Fails the waiters whose deadline passed, and re-arms for the next one. */
-  #expireWaiters (): void {
-    this.#queueTimerAt = Infinity
-    const now = performance.now()
-    let next = Infinity
-    for (const waiter of this.#waiters) {
-      if (waiter.deadline <= now) {
-        const error = this.#timeoutError(waiter.log) // logs the queue as it was, this waiter included
-        this.#settle(waiter).reject(error)
-      } else {
-        next = Math.min(next, waiter.deadline)
-      }
-    }
-    if (next !== Infinity) this.#armQueueTimer(next)
-  }
-
-  /** Removes a waiter from the queue and disarms it; returns it so the caller settles it. */
-  #settle (waiter: Waiter): Waiter {
-    this.#waiters.delete(waiter)
-    waiter.signal?.removeEventListener('abort', waiter.onAbort)
-    return waiter
+    return this.#waiters.wait(deadline, signal, log)
   }
 
   /** Hands free connections, or free slots, to waiting checkouts in arrival order. */
@@ -507,7 +436,7 @@ export class PgPool {
     while (this.#waiters.size > 0 && this.#state === 'open') {
       const conn = this.#idle.pop()
       if (conn === undefined && this.#all.size >= this.#opts.max) return
-      const waiter = this.#settle(this.#waiters.values().next().value as Waiter)
+      const waiter = this.#waiters.next()
       waiter.resolve(conn === undefined ? this.#open(waiter.deadline, waiter.log) : claim(conn))
     }
   }
@@ -619,13 +548,13 @@ export class PgPool {
     try {
       await roundTrip(conn.client, '', timeoutMs)
       if (channels.ping.hasSubscribers) {
-        channels.ping.publish({ requestId: holder?.id, idleMs, durationMs: performance.now() - now, ok: true })
+        channels.ping.publish({ pool: this, requestId: holder?.id, idleMs, durationMs: performance.now() - now, ok: true })
       }
       return true
     } catch (error) {
       this.#counters.pingFailures++
       if (channels.ping.hasSubscribers) {
-        channels.ping.publish({ requestId: holder?.id, idleMs, durationMs: performance.now() - now, ok: false, error })
+        channels.ping.publish({ pool: this, requestId: holder?.id, idleMs, durationMs: performance.now() - now, ok: false, error })
       }
       log.debug({ err: error, idleMs }, 'fastify-pg-pool: ping failed; replacing the connection')
       this.#destroy(conn, 'ping')
@@ -672,13 +601,16 @@ export class PgPool {
   #destroy (conn: Conn, reason: DestroyReason): void {
     if (conn.state === 'gone') return
     if (conn.state === 'idle') this.#idle.splice(this.#idle.indexOf(conn), 1)
+    const opened = conn.state !== 'opening' // (one that never opened is a connect failure, counted as such)
     conn.state = 'gone'
     conn.broken = true
     clearTimeout(conn.lifetime)
     this.#all.delete(conn)
-    this.#counters.destroyed[reason]++
-    if (channels.destroy.hasSubscribers) {
-      channels.destroy.publish({ reason, ageMs: performance.now() - conn.createdAt, uses: conn.uses })
+    if (opened) {
+      this.#counters.destroyed[reason]++
+      if (channels.destroy.hasSubscribers) {
+        channels.destroy.publish({ pool: this, reason, ageMs: performance.now() - conn.createdAt, uses: conn.uses })
+      }
     }
     this.#log.debug({ reason }, 'fastify-pg-pool: connection closed')
     // end() is graceful on a healthy idle socket and destroys one that is dead or mid-query.

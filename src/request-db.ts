@@ -4,7 +4,8 @@ import { PgInvalidOptionError, PgRequestEndedError, PgTransactionAbortedError, i
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
-import type { CheckoutSignal, PgPool } from './pool.js'
+import type { PgPool } from './pool.js'
+import type { CheckoutSignal } from './queue.js'
 import type { RouteSettings } from './route.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
 

@@ -5,9 +5,9 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import t from 'tap'
 import { buildApp, holdRoute } from './helpers/app.js'
-import { proxied } from './helpers/net.js'
+import { closedPort, proxied } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
-import { logLines, until } from './helpers/util.js'
+import { deferred, logLines, until } from './helpers/util.js'
 
 const db = await setupDatabase(t)
 
@@ -107,6 +107,7 @@ t.test('diagnostics channels: acquire, ping, release, destroy, with timings and 
   ])
   t.match(ping, [{ requestId: 'req-1', idleMs: Number, durationMs: Number, ok: true }])
   t.match(release, [{ requestId: 'req-1', holdMs: Number }, { requestId: 'req-1', holdMs: Number }])
+  for (const message of [...acquire, ...ping, ...release]) t.equal(message.pool, app.pg.pool, 'each message names its pool')
 
   // A failed checkout: the pool is held and nobody may wait.
   const hold = app.inject('/hold')
@@ -204,4 +205,43 @@ t.test('leak detection off: no stack captured, no warning', async (t) => {
   await app.pg.query('select 1') // no stack captured for fastify.pg.query either
   t.same(lines, [])
   await t.rejects(buildApp(t, db, { leakDetectionMs: -1 }), { code: 'FST_PG_INVALID_OPTION', message: /leakDetectionMs/ })
+})
+
+t.test('a connection that never opened is a connect failure, not a destroyed connection', async (t) => {
+  const destroy = listen(t, 'fastify-pg-pool:destroy')
+  const url = new URL(db.url)
+  url.port = String(await closedPort())
+  const app = await buildApp(t, db, { connectionString: url.toString() })
+  await t.rejects(app.pg.query('select 1'), { code: 'FST_PG_UNAVAILABLE' })
+  t.match(app.pg.stats(), { created: 0, connectFailures: 1, destroyed: { error: 0 } })
+  t.same(destroy.filter((m) => m.pool === app.pg.pool), [])
+})
+
+t.test('created: only for a checkout that opened its connection (not for one an abandoned checkout left)', async (t) => {
+  const acquire = listen(t, 'fastify-pg-pool:acquire')
+  const gate = deferred()
+  const app = await buildApp(t, db, { max: 1, onConnect: async () => { await gate.promise } })
+  const abandon = new AbortController()
+  const left = app.pg.pool.acquire({ signal: abandon.signal }).catch((error: Error) => error.message)
+  await until(() => app.pg.stats().total === 1, 'the connection is being opened')
+  abandon.abort(new Error('left'))
+  gate.resolve()
+  t.equal(await left, 'left')
+  await until(() => app.pg.stats().idle === 1, 'the connection went to the pool')
+  await app.pg.query('select 1')
+  t.match(acquire.filter((m) => m.pool === app.pg.pool).at(-1), { created: false })
+  t.equal(app.pg.stats().created, 1)
+})
+
+t.test('example /metrics: two apps in one process each report their own pool', async (t) => {
+  const { metrics } = await import('../example/metrics.js')
+  const a = await buildApp(t, db)
+  const b = await buildApp(t, db)
+  await metrics(a)
+  await metrics(b)
+  for (let i = 0; i < 5; i++) await b.pg.query('select 1')
+  const scrape = async (app: typeof a): Promise<string> => (await app.inject('/metrics')).body
+  t.match(await scrape(a), /^pg_pool_acquire_wait_seconds_count 0$/m)
+  t.match(await scrape(b), /^pg_pool_acquire_wait_seconds_count 5$/m)
+  t.match(await scrape(b), /^pg_pool_acquires_total 5$/m)
 })
