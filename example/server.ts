@@ -103,6 +103,7 @@ process.stdout.write(`
 PostgreSQL: ${safeUrl.toString()}
 Notes API:  ${address}
 Try:        curl -s -X POST ${address}/notes -H 'content-type: application/json' -d '{"title":"hello","tags":["pg"]}' && curl -s ${address}/notes
+Metrics:    curl -s ${address}/metrics
 Stop:       Ctrl-C
 `)
 
