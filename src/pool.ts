@@ -18,6 +18,7 @@ import { channels, newCounters, WindowHistogram, WINDOW_MS, type PoolCounters, t
 import { changesSession } from './session.js'
 import { guardClient } from './guard.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
+import { LeakDetector } from './leaks.js'
 import { WaitQueue, type CheckoutSignal } from './queue.js'
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 
@@ -70,7 +71,7 @@ export class PgPool {
   /** open → closing (app.close(): no new checkouts) → closed (nothing left open). */
   #state: 'open' | 'closing' | 'closed' = 'open'
   #housekeeper: NodeJS.Timeout | undefined
-  #leakWatch: NodeJS.Timeout | undefined
+  readonly #leaks: LeakDetector
   readonly #counters = newCounters()
   readonly #waits = new WindowHistogram()
   readonly #holds = new WindowHistogram()
@@ -95,13 +96,11 @@ export class PgPool {
       this.#housekeeper = setInterval(() => this.#sweep(), Math.max(10, Math.min(opts.idleTimeoutMs / 2, 5000))).unref()
     }
     // A checkout held past the threshold is reported within a quarter of it.
-    if (opts.leakDetectionMs > 0) {
-      this.#leakWatch = setInterval(() => this.#findLeaks(), Math.max(10, Math.min(opts.leakDetectionMs / 4, 5000))).unref()
-    }
+    this.#leaks = new LeakDetector(opts.leakDetectionMs, log, this.#all, () => { this.#counters.leaks++ })
   }
 
   /** @internal Leak detection is on: checkouts should bring an `origin`. */
-  get leakDetection (): boolean { return this.#opts.leakDetectionMs > 0 }
+  get leakDetection (): boolean { return this.#leaks.on }
 
   get totalCount (): number { return this.#all.size }
   get idleCount (): number { return this.#idle.length }
@@ -308,7 +307,7 @@ export class PgPool {
    * when done; `release(err)` destroys it instead. A second call throws FST_PG_DOUBLE_RELEASE.
    */
   async connect (): Promise<PoolClient> {
-    const conn = await this.acquire({ origin: this.#origin() })
+    const conn = await this.acquire({ origin: this.#leaks.origin() })
     let released = false
     const guarded = guardClient(conn, () => !released, (error) => {
       if (released) throw new PgDoubleReleaseError()
@@ -325,7 +324,7 @@ export class PgPool {
    * `{ retry: true }` it is sent once more on a fresh connection after a connection-class error.
    */
   async query<R extends QueryResultRow = any>(textOrConfig: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
-    const conn = await this.acquire({ origin: this.#origin() })
+    const conn = await this.acquire({ origin: this.#leaks.origin() })
     try {
       const statement = this.admit(conn, textOrConfig)
       const timeoutMs = this.#timeoutMs !== undefined && !isTransactionControl(statement) ? this.#timeoutMs : undefined
@@ -342,30 +341,6 @@ export class PgPool {
         return await this.query<R>({ ...config, retry: false }, values)
       }
       throw error
-    }
-  }
-
-  /** @internal Where a checkout is asked for, when leak detection is on (a stack costs ~1 µs). */
-  #origin (): Error | undefined {
-    return this.#opts.leakDetectionMs > 0 ? new Error('checked out here') : undefined
-  }
-
-  /** One warning per checkout held past `leakDetectionMs`, with where it was checked out. */
-  #findLeaks (): void {
-    const now = performance.now()
-    const { leakDetectionMs } = this.#opts
-    for (const conn of this.#all) {
-      if (conn.state !== 'lent' || conn.leaked || now - conn.lentAt < leakDetectionMs) continue
-      conn.leaked = true
-      this.#counters.leaks++
-      const { holder } = conn
-      this.#log.warn({
-        requestId: holder?.id,
-        method: holder?.method,
-        route: holder?.routeOptions.url,
-        heldMs: Math.round(now - conn.lentAt),
-        stack: conn.origin?.stack
-      }, `fastify-pg-pool: a connection has been checked out for more than leakDetectionMs (${leakDetectionMs} ms)`)
     }
   }
 
@@ -400,7 +375,7 @@ export class PgPool {
     this.#state = 'closed'
     clearTimeout(this.#closeTimer)
     clearInterval(this.#housekeeper)
-    clearInterval(this.#leakWatch)
+    this.#leaks.stop()
     this.#waiters.rejectAll(() => this.#closedError())
     for (const conn of this.#all) {
       if (conn.state === 'lent') {
