@@ -18,11 +18,10 @@ import { channels, newCounters, WindowHistogram, WINDOW_MS, type PoolCounters, t
 import { changesSession } from './session.js'
 import { guardClient } from './guard.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
+import { DeadlineExceeded, noop, roundTrip, withTimeout } from './deadline.js'
 import { LeakDetector } from './leaks.js'
 import { WaitQueue, type CheckoutSignal } from './queue.js'
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
-
-const noop = (): void => {}
 
 export interface AcquireOptions {
   /** Aborting abandons the checkout: a waiting request takes no connection. */
@@ -616,32 +615,4 @@ export class PgPool {
 function claim (conn: Conn): Conn {
   conn.state = 'checking'
   return conn
-}
-
-/**
- * One statement bounded by `timeoutMs`; a timeout rejects (the caller destroys the client).
- * With `''` it is the cheapest round trip there is: an empty query, no parse, no plan.
- */
-async function roundTrip (client: Client, sql: string, timeoutMs: number): Promise<void> {
-  await withTimeout(client.query(sql), timeoutMs)
-}
-
-/** A time limit ran out (the timer's own clock decides, not a comparison of clocks). */
-class DeadlineExceeded extends Error {}
-
-/** Settles like `work`, or rejects with DeadlineExceeded after `timeoutMs` (the caller cleans up). */
-async function withTimeout (work: unknown, timeoutMs: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  const settled = Promise.resolve(work)
-  settled.catch(noop)
-  try {
-    await Promise.race([
-      settled,
-      new Promise((resolve, reject) => {
-        timer = setTimeout(reject, Math.max(0, timeoutMs), new DeadlineExceeded(`no answer within ${Math.round(timeoutMs)} ms`))
-      })
-    ])
-  } finally {
-    clearTimeout(timer)
-  }
 }
