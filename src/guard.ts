@@ -1,7 +1,6 @@
 import type { PoolClient } from 'pg'
 import type { Conn } from './conn.js'
-
-const noop = (): void => {}
+import { noop } from './deadline.js'
 
 /** A cursor or stream passed to `client.query()` (pg-cursor, pg-query-stream, ...). */
 interface Submittable {

@@ -7,9 +7,8 @@ import type { PgQueryConfig } from './options.js'
 import type { PgPool } from './pool.js'
 import type { CheckoutSignal } from './queue.js'
 import type { RouteSettings } from './route.js'
+import { noop } from './deadline.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
-
-const noop = (): void => {}
 
 /** `request.db`: the request's lazily checked-out connection. */
 export interface RequestDb {
@@ -68,6 +67,13 @@ function begin (options: TransactionOptions): string {
  * when the response closes, on every path.
  */
 type State = 'unused' | 'acquiring' | 'held' | 'released'
+
+/**
+ * The route's transaction (`config.pgPool.transaction`): none on this route; pending (begins
+ * with the request's first statement); open (its BEGIN is queued or sent); ended (the reply is
+ * on its way: no more statements, they would run outside it).
+ */
+type RouteTx = 'none' | 'pending' | 'open' | 'ended'
 
 interface Job {
   text: string | PgQueryConfig
@@ -129,21 +135,21 @@ export class RequestHandle implements RequestDb {
   readonly #timeoutMs: number | undefined
   /** The open transaction already carries the statement timeout. */
   #timed = false
-  /** How the route's transaction begins, while the route runs in one that has not ended. */
-  #routeTx: TransactionOptions | undefined
-  /** The route's BEGIN, once the connection is checked out. */
+  #routeTx: RouteTx
+  /** How the route's transaction begins. */
+  readonly #beginWith: TransactionOptions | undefined
+  /** The route's BEGIN, once it is queued. */
   #began: Promise<unknown> | undefined
-  /** The route's transaction has ended (its reply is on its way): no more statements. */
-  #over = false
 
   constructor (pool: PgPool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings) {
     this.#pool = pool
     this.#log = request.log
     this.#holder = request
     this.#timeoutMs = pool.timeoutToSend(settings.statementTimeoutMs)
-    this.#routeTx = settings.transaction
+    this.#beginWith = settings.transaction
+    this.#routeTx = settings.transaction === undefined ? 'none' : 'pending'
     // Inside the route's transaction, transaction() makes savepoints.
-    if (this.#routeTx !== undefined) this.#depth = 1
+    if (this.#routeTx === 'pending') this.#depth = 1
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
     if (ended(response)) this.#state = 'released'
     else response.once('close', () => this.#move('released'))
@@ -151,7 +157,7 @@ export class RequestHandle implements RequestDb {
 
   query (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
     // After the route's transaction ended, a statement would run outside it: refused like after the end.
-    if (this.#over) return Promise.reject(new PgRequestEndedError())
+    if (this.#routeTx === 'ended') return Promise.reject(new PgRequestEndedError())
     return this.#run(text, values)
   }
 
@@ -195,11 +201,12 @@ export class RequestHandle implements RequestDb {
    * on) cannot commit: that throws FST_PG_TRANSACTION_ABORTED, so the reply does not claim success.
    */
   async endTransaction (commit: boolean): Promise<void> {
-    if (this.#routeTx === undefined || this.#began === undefined || this.#state === 'released') return
-    this.#routeTx = undefined
-    this.#depth = 0
+    if (this.#routeTx === 'none' || this.#routeTx === 'ended' || this.#state === 'released') return
+    const begun = this.#routeTx === 'open'
     // Statements already queued run first, inside the transaction; later ones are refused.
-    this.#over = true
+    this.#routeTx = 'ended'
+    this.#depth = 0
+    if (!begun) return
     if (!commit) {
       // A rollback that cannot run changes nothing: the end of the request rolls back or destroys.
       await this.#run('rollback').catch(noop)
@@ -214,13 +221,13 @@ export class RequestHandle implements RequestDb {
     if (this.#state === 'unused') this.#move('acquiring')
     if (this.#state === 'acquiring') await this.#checkout
     if (this.#state === 'held') await this.#began
-    if (this.#state !== 'held' || this.#over) throw new PgRequestEndedError()
+    if (this.#state !== 'held' || this.#routeTx === 'ended') throw new PgRequestEndedError()
     const conn = this.#conn as Conn
     // release() cannot return it early: the plugin returns it when the request ends.
     // release(err) asks for it to be destroyed then, as with pg-pool.
     this.#guarded ??= guardClient(
       conn,
-      () => this.#state === 'held' && !this.#over,
+      () => this.#state === 'held' && this.#routeTx !== 'ended',
       (error) => { if (error && this.#state === 'held') conn.broken = true },
       () => new PgRequestEndedError(),
       (statement) => this.#pool.admit(conn, statement)
@@ -260,7 +267,7 @@ export class RequestHandle implements RequestDb {
       case 'held':
         this.#conn = conn
         // The route's transaction begins on the request's first statement, before it.
-        if (this.#routeTx !== undefined && this.#began === undefined) this.#beginRoute(this.#routeTx)
+        if (this.#routeTx === 'pending') this.#beginRoute(this.#beginWith as TransactionOptions)
         this.#next()
         break
       case 'unused':
@@ -280,6 +287,7 @@ export class RequestHandle implements RequestDb {
   }
 
   #beginRoute (options: TransactionOptions): void {
+    this.#routeTx = 'open'
     this.#began = new Promise((resolve, reject) => {
       this.#queue.unshift({
         text: begin(options),
@@ -318,7 +326,7 @@ export class RequestHandle implements RequestDb {
     }
     this.#running = true
     // Never inside a transaction: the route's, or one the handler began.
-    const retry = job.retry && tx === 'I' && this.#routeTx === undefined
+    const retry = job.retry && tx === 'I' && this.#routeTx === 'none'
     let settled = false
     const done = (error: Error | null, result?: QueryResult<any>): void => {
       // pg calls back twice when a value fails to serialise: at once, and at ReadyForQuery.

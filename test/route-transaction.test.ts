@@ -275,3 +275,24 @@ t.test('after the route transaction ended, connection() and its client refuse to
   t.same(seen.sort(), ['FST_PG_REQUEST_ENDED', 'FST_PG_REQUEST_ENDED'])
   t.same(await notes(), ['kept'])
 })
+
+t.test('a transactional route whose handler never queried: a statement after its reply is refused too, and takes no connection', async (t) => {
+  const app = await buildApp(t, db)
+  let late: unknown
+  const checked = deferred()
+  app.post('/', {
+    ...tx,
+    onResponse: async (req) => {
+      late = await req.db.query("insert into ledger values ('late')").catch((e: { code: string }) => e.code)
+      checked.resolve()
+    }
+  }, async (req) => {
+    t.ok(req.db, 'the handle exists; nothing is sent')
+    return 'ok'
+  })
+  t.equal((await app.inject({ method: 'POST', url: '/' })).statusCode, 200)
+  await checked.promise
+  t.equal(late, 'FST_PG_REQUEST_ENDED')
+  t.same(await notes(), [])
+  t.equal(app.pg.stats().acquires, 0)
+})
