@@ -35,7 +35,10 @@ export class Conn {
   busy = false
   /** The socket died or a connection-class error was seen: never reuse. */
   broken = false
-  /** A statement may have changed session state (SET, LISTEN, ...): reset it on return. */
+  /**
+   * A statement of this checkout may have changed session state (SET, LISTEN, ...): reset it on
+   * return, and never retry a statement of this checkout on a fresh connection, which would lack it.
+   */
   dirty = false
   /** Past its lifetime: closed as soon as it is not in use. */
   expired = false

@@ -89,12 +89,67 @@ export const PgSessionStateError = createError<'FST_PG_SESSION_STATE', 500, []>(
 )
 
 /**
- * The route's transaction (`config.pgPool.transaction`) could not commit: a statement in it
- * failed and the handler went on, so PostgreSQL rolled it back. The reply cannot claim success.
+ * A transaction (the route's, or `transaction()`'s) could not commit: a statement in it failed
+ * and the code went on, so PostgreSQL rolled it back. The reply cannot claim success.
  */
 export const PgTransactionAbortedError = createError<'FST_PG_TRANSACTION_ABORTED', 500, []>(
   'FST_PG_TRANSACTION_ABORTED',
-  "A statement in the route's transaction failed, so it was rolled back instead of committed",
+  'A statement in the transaction failed, so it was rolled back instead of committed',
+  500
+)
+
+/**
+ * A statement went through a `request.db` (or a transaction's `db`) that cannot run one now: a
+ * `transaction()` opened through it is still open (its statements belong to the `db` passed to
+ * the callback), or the transaction it belongs to has ended. It was not sent.
+ */
+export const PgTransactionScopeError = createError<'FST_PG_TRANSACTION_SCOPE', 500, [string]>(
+  'FST_PG_TRANSACTION_SCOPE',
+  '%s; the statement was not sent',
+  500
+)
+
+/**
+ * Transaction control that cannot be nested inside a transaction the plugin manages (a route
+ * transaction or `transaction()`): a COMMIT or ROLLBACK of a transaction this code did not begin,
+ * `PREPARE TRANSACTION`, `... AND CHAIN`, or control inside a multi-statement string. It was not sent.
+ */
+export const PgTransactionControlError = createError<'FST_PG_TRANSACTION_CONTROL', 500, [string]>(
+  'FST_PG_TRANSACTION_CONTROL',
+  '`%s` cannot run inside a transaction the plugin manages (the route\'s or transaction()\'s; it ends that one); the statement was not sent',
+  500
+)
+
+/**
+ * When the plugin came to end its transaction, PostgreSQL had none open: a statement it did not
+ * send (a COMMIT or ROLLBACK inside a multi-statement string) ended it. What ran before that
+ * statement may be committed; what ran after it ran outside any transaction.
+ */
+export const PgTransactionEndedEarlyError = createError<'FST_PG_TRANSACTION_ENDED_EARLY', 500, []>(
+  'FST_PG_TRANSACTION_ENDED_EARLY',
+  'The transaction was ended by a statement the plugin did not send (a COMMIT or ROLLBACK inside a multi-statement string?): work before it may have been committed, work after it ran outside any transaction',
+  500
+)
+
+/**
+ * The connection was lost after COMMIT was sent and before its answer arrived: the transaction
+ * may or may not have committed. 500, not 502/503: clients and proxies retry those, and a retry
+ * of a write that did commit applies it twice. Make such writes idempotent (see the README).
+ */
+export const PgCommitUnknownError = createError<'FST_PG_COMMIT_UNKNOWN', 500, [{ cause: unknown }?]>(
+  'FST_PG_COMMIT_UNKNOWN',
+  'The database connection was lost after COMMIT was sent: the transaction may or may not have committed',
+  500
+)
+
+/**
+ * The connection was lost (the server ended the session, the network failed). Status 503 with
+ * `Retry-After` when the statement was never sent (nothing ran); 500 when it was sent (it may
+ * have run). The original error is the `cause`.
+ */
+export const PgConnectionLostError = createError<'FST_PG_CONNECTION_LOST', 500 | 503, [string, { cause: unknown }?]>(
+  'FST_PG_CONNECTION_LOST',
+  'The database connection was lost %s',
   500
 )
 
@@ -107,36 +162,57 @@ export function withRetryAfter<E extends Error> (error: E, seconds: number): E {
   return error
 }
 
-const CONNECTION_ERROR_CODES = new Set([
+/** SQLSTATEs the server sends as it ends a session (at FATAL severity). */
+const SESSION_ENDED_CODES = new Set([
   '57P01', // admin_shutdown: pg_terminate_backend, fast shutdown
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now: starting up / shutting down
   '57P05', // idle_session_timeout
-  '25P03', // idle_in_transaction_session_timeout
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'EPIPE',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH'
+  '25P03' // idle_in_transaction_session_timeout
 ])
 
-const CONNECTION_ERROR_MESSAGES = [
-  'Connection terminated',
-  'Client has encountered a connection error',
+const SOCKET_ERROR_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH'])
+
+/** pg's own words for a client that refused a query without writing it. */
+const NOT_SENT_MESSAGES = [
+  'Client has encountered a connection error and is not queryable',
   'Client was closed and is not queryable'
 ]
+const CONNECTION_ERROR_MESSAGES = ['Connection terminated', ...NOT_SENT_MESSAGES]
+
+const LOST_CODES = new Set(['FST_PG_CONNECTION_LOST', 'FST_PG_COMMIT_UNKNOWN'])
 
 /**
  * True when the error means the connection itself can no longer be trusted: the session is
  * gone or in an unknown state. Such a client is destroyed, never pooled again.
+ *
+ * What the server reports carries a severity, and the severity decides: FATAL and PANIC end the
+ * session; an ERROR leaves it usable whatever its class (a wrong parameter count is an ERROR of
+ * class 08, protocol_violation). A severity in another language falls back to the SQLSTATE.
+ * Errors without one come from the socket or from pg itself.
  */
 export function isConnectionError (error: unknown): boolean {
   if (error === null || typeof error !== 'object') return false
-  const code = (error as { code?: unknown }).code
-  if (typeof code === 'string' && (code.startsWith('08') || CONNECTION_ERROR_CODES.has(code))) return true
-  const message = (error as { message?: unknown }).message
+  const { code, severity, message } = error as { code?: unknown, severity?: unknown, message?: unknown }
+  if (severity === 'FATAL' || severity === 'PANIC') return true
+  if (severity === 'ERROR') return false
+  if (typeof code === 'string' && (code.startsWith('08') || SESSION_ENDED_CODES.has(code) || SOCKET_ERROR_CODES.has(code) || LOST_CODES.has(code))) return true
   return typeof message === 'string' && CONNECTION_ERROR_MESSAGES.some((m) => message.startsWith(m))
+}
+
+/**
+ * The coded error a caller gets for a connection-class `error` of a statement: whether it ran is
+ * known only when pg refused it before writing it (then 503: nothing ran, trying again is safe).
+ * A COMMIT that was sent may have committed.
+ */
+export function lostConnectionError (error: Error, commit: boolean): Error {
+  if (NOT_SENT_MESSAGES.some((m) => error.message.startsWith(m))) {
+    const lost = new PgConnectionLostError('before the statement was sent; it did not run', { cause: error })
+    lost.statusCode = 503
+    return withRetryAfter(lost, 1)
+  }
+  if (commit) return new PgCommitUnknownError({ cause: error })
+  return new PgConnectionLostError('while the statement ran; it may or may not have taken effect', { cause: error })
 }
 
 /**
@@ -146,4 +222,15 @@ export function isConnectionError (error: unknown): boolean {
  */
 export function isReadTimeout (error: unknown): boolean {
   return error instanceof Error && error.message === 'Query read timeout'
+}
+
+/**
+ * A rejected promise for a statement the plugin refused, already marked as handled: a statement a
+ * handler fired and forgot must not crash the process because the plugin refused it (the caller
+ * that awaits it still gets the error). Whoever refuses logs it.
+ */
+export function refused (error: unknown): Promise<never> {
+  const promise = Promise.reject(error)
+  promise.catch(() => {})
+  return promise
 }

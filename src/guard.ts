@@ -1,6 +1,8 @@
 import type { PoolClient } from 'pg'
 import type { Conn } from './conn.js'
 import { noop } from './deadline.js'
+import { isConnectionError, lostConnectionError, PgCommitUnknownError, refused } from './errors.js'
+import { commits } from './transaction.js'
 
 /** A cursor or stream passed to `client.query()` (pg-cursor, pg-query-stream, ...). */
 interface Submittable {
@@ -38,9 +40,12 @@ export function guardClient (
   conn: Conn,
   usable: () => boolean,
   release: (error?: Error | boolean) => void,
+  /** Why the client cannot run a statement any more. */
   refusal: () => Error,
   /** Sees every statement before it is sent; returns the one to send, or throws to refuse it. */
-  admit: (statement: unknown) => unknown
+  admit: (statement: unknown) => unknown,
+  /** Told of every statement refused, and of every COMMIT whose outcome is unknown (to log them). */
+  notify: (error: Error) => void = noop
 ): GuardedClient {
   const { client } = conn
   const cursors: Submittable[] = []
@@ -56,14 +61,29 @@ export function guardClient (
         error = refused
       }
     }
-    if (error === undefined) {
-      if (submittable) cursors.push(first as Submittable)
-      return (client.query as (...a: unknown[]) => unknown)(...args)
-    }
     const last = args[args.length - 1]
+    if (error === undefined) {
+      if (submittable) {
+        cursors.push(first as Submittable)
+        return (client.query as (...a: unknown[]) => unknown)(...args)
+      }
+      // A lost connection reaches the caller as a coded error (a COMMIT's outcome as unknown).
+      const lost = (e: unknown): unknown => {
+        if (!isConnectionError(e)) return e
+        const coded = lostConnectionError(e as Error, commits(args[0]))
+        if (coded instanceof PgCommitUnknownError) notify(coded)
+        return coded
+      }
+      if (typeof last === 'function') {
+        args[args.length - 1] = (e: unknown, result: unknown) => (last as (e: unknown, r: unknown) => void)(e == null ? e : lost(e), result)
+        return (client.query as (...a: unknown[]) => unknown)(...args)
+      }
+      return ((client.query as (...a: unknown[]) => Promise<unknown>)(...args)).catch((e: unknown) => { throw lost(e) })
+    }
+    notify(error as Error)
     if (typeof last === 'function') return process.nextTick(last as (e: Error) => void, error)
     if (submittable) throw error
-    return Promise.reject(error)
+    return refused(error)
   }
   const proxy = new Proxy(client as PoolClient, {
     get (target, key) {

@@ -10,6 +10,7 @@ import {
   PgSessionStateError,
   PgUnavailableError,
   isConnectionError,
+  lostConnectionError,
   withRetryAfter
 } from './errors.js'
 import { Conn, type DestroyReason, type Holder } from './conn.js'
@@ -18,6 +19,7 @@ import { channels, newCounters, WindowHistogram, WINDOW_MS, type PoolCounters, t
 import { changesSession } from './session.js'
 import { guardClient } from './guard.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
+import { commits } from './transaction.js'
 import { DeadlineExceeded, noop, roundTrip, withTimeout } from './deadline.js'
 import { LeakDetector } from './leaks.js'
 import { WaitQueue, type CheckoutSignal } from './queue.js'
@@ -114,7 +116,8 @@ export class PgPool {
    */
   admit (conn: Conn, statement: unknown): unknown {
     if (!this.#opts.pgbouncer) {
-      if (!conn.dirty && this.#opts.sessionReset === 'auto' && changesSession(statement)) conn.dirty = true
+      // With sessionReset 'always' the text is not trusted: whatever ran may have left state.
+      if (!conn.dirty && (this.#opts.sessionReset === 'always' || changesSession(statement))) conn.dirty = true
       return statement
     }
     if (conn.client.getTransactionStatus() === 'I' && changesSession(statement)) throw new PgSessionStateError()
@@ -239,7 +242,7 @@ export class PgPool {
       conn.origin = origin
       conn.leaked = false
       conn.pinged = pinged
-      if (this.#opts.sessionReset === 'always') conn.dirty = true
+      conn.dirty = false
       conn.uses++
       if (this.#opts.allowExitOnIdle) conn.holdProcess(true)
       return conn
@@ -264,6 +267,9 @@ export class PgPool {
     this.#holds.record(now - conn.lentAt, now)
     if (channels.release.hasSubscribers) channels.release.publish({ pool: this, requestId: conn.holder?.id, holdMs: now - conn.lentAt })
     conn.state = 'returning'
+    // Whether its session is reset on the way back (see sessionReset), decided once.
+    const { sessionReset } = this.#opts
+    conn.dirty = sessionReset === 'always' || (sessionReset === 'auto' && conn.dirty)
     conn.holder = undefined
     conn.origin = undefined
     this.#drain.record()
@@ -335,11 +341,12 @@ export class PgPool {
     } catch (error) {
       conn.failed(error)
       this.release(conn)
+      if (!isConnectionError(error)) throw error
+      // A statement alone on its checkout: no session state of a request can be missing on a
+      // fresh connection, so `retry` needs nothing more than the user's word that it is safe.
       const config = textOrConfig as PgQueryConfig | null
-      if (config?.retry === true && isConnectionError(error)) {
-        return await this.query<R>({ ...config, retry: false }, values)
-      }
-      throw error
+      if (config?.retry === true) return await this.query<R>({ ...config, retry: false }, values)
+      throw lostConnectionError(error as Error, commits(textOrConfig))
     }
   }
 

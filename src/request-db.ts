@@ -1,6 +1,14 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
-import { PgInvalidOptionError, PgRequestEndedError, PgTransactionAbortedError, isConnectionError } from './errors.js'
+import {
+  PgCommitUnknownError,
+  PgRequestEndedError,
+  PgTransactionEndedEarlyError,
+  PgTransactionScopeError,
+  isConnectionError,
+  lostConnectionError,
+  refused
+} from './errors.js'
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
@@ -9,6 +17,9 @@ import type { CheckoutSignal } from './queue.js'
 import type { RouteSettings } from './route.js'
 import { noop } from './deadline.js'
 import { isTransactionControl, sendStatement } from './timeout.js'
+import { checkTransactionOptions, commits, Frames, type Frame, type Step, type TransactionOptions } from './transaction.js'
+
+export { checkTransactionOptions, type TransactionOptions } from './transaction.js'
 
 /** `request.db`: the request's lazily checked-out connection. */
 export interface RequestDb {
@@ -26,45 +37,19 @@ export interface RequestDb {
   connection (): Promise<PoolClient>
   /**
    * Runs `fn` in a transaction: BEGIN, then COMMIT when it resolves, ROLLBACK when it throws
-   * (and the error is rethrown); its value is returned. Nested calls use savepoints, so an inner
-   * failure rolls back only the inner part when the outer `fn` catches it.
+   * (and the error is rethrown); its value is returned. `fn` gets the transaction's own `db`:
+   * while it runs, statements go through that one (the outer `db` refuses them with
+   * `FST_PG_TRANSACTION_SCOPE`, so nothing joins the transaction by accident). Nested calls use
+   * savepoints. A transaction PostgreSQL aborted (a statement failed and `fn` caught it) rejects
+   * with `FST_PG_TRANSACTION_ABORTED` instead of resolving.
    */
   transaction<T>(fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
 }
 
-/** How a top-level `transaction()` begins. Nested transactions (savepoints) take none. */
-export interface TransactionOptions {
-  isolationLevel?: 'serializable' | 'repeatable read' | 'read committed' | 'read uncommitted'
-  readOnly?: boolean
-  deferrable?: boolean
-}
-
-const ISOLATION_LEVELS = new Set(['serializable', 'repeatable read', 'read committed', 'read uncommitted'])
-
-/** Throws a coded error for options `begin()` cannot turn into SQL. */
-export function checkTransactionOptions ({ isolationLevel, readOnly, deferrable }: TransactionOptions): void {
-  if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
-    throw new PgInvalidOptionError('isolationLevel', `one of ${[...ISOLATION_LEVELS].join(', ')}`, `\`${String(isolationLevel)}\``)
-  }
-  for (const [name, value] of [['readOnly', readOnly], ['deferrable', deferrable]] as const) {
-    if (value !== undefined && typeof value !== 'boolean') throw new PgInvalidOptionError(name, 'true or false', `\`${String(value)}\``)
-  }
-}
-
-function begin (options: TransactionOptions): string {
-  checkTransactionOptions(options)
-  const { isolationLevel, readOnly, deferrable } = options
-  let sql = 'begin'
-  if (isolationLevel !== undefined) sql += ` isolation level ${isolationLevel}`
-  if (readOnly !== undefined) sql += readOnly ? ' read only' : ' read write'
-  if (deferrable !== undefined) sql += deferrable ? ' deferrable' : ' not deferrable'
-  return sql
-}
-
 /**
  * unused → acquiring → held → released; acquiring → unused when the checkout fails; held →
- * acquiring when a `retry` statement lost its connection. `released` is final: it is entered
- * when the response closes, on every path.
+ * acquiring when a `retry` statement lost its connection. `released` is final: the connection
+ * went back.
  */
 type State = 'unused' | 'acquiring' | 'held' | 'released'
 
@@ -80,13 +65,18 @@ interface Job {
   values: unknown[] | undefined
   /** `retry` was asked for and not used yet. */
   retry: boolean
+  /** The plugin's own transaction control: what to send, decided when it is sent. */
+  plan: ((status: string | null) => Step) | undefined
   resolve (result: QueryResult<any>): void
   reject (error: unknown): void
+  /** The caller's promise, kept while the job waits (a refusal marks it handled). */
+  promise: Promise<unknown> | undefined
 }
 
 /** The parts of a response (HTTP/1 `ServerResponse`, `Http2ServerResponse`, light-my-request) used here. */
 interface Response {
   destroyed?: boolean
+  writableEnded?: boolean
   stream?: { destroyed: boolean }
   once (event: 'close', fn: () => void): unknown
 }
@@ -115,11 +105,42 @@ class Abandon implements CheckoutSignal {
   }
 }
 
+/** The `db` a `transaction()` callback gets: the request's connection, inside that transaction. */
+class TransactionDb implements RequestDb {
+  readonly #handle: RequestHandle
+  /** Its transaction has ended (or one around it has). */
+  over = false
+
+  constructor (handle: RequestHandle) {
+    this.#handle = handle
+  }
+
+  query (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
+    return this.#handle.runIn(this, text, values)
+  }
+
+  transaction<T> (fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T> {
+    return this.#handle.transactionIn(this, fn, options)
+  }
+
+  connection (): Promise<PoolClient> {
+    return this.#handle.connectionIn(this)
+  }
+}
+
+type Scope = RequestHandle | TransactionDb
+
 export class RequestHandle implements RequestDb {
   readonly #pool: PgPool
   readonly #log: FastifyBaseLogger
   readonly #holder: Holder
   #state: State = 'unused'
+  /**
+   * The request has ended: no new statement is accepted. Statements issued before a reply that
+   * completed normally still run (a handler may fire and forget an audit insert); then the
+   * connection goes back.
+   */
+  #ended = false
   #conn: Conn | undefined
   #checkout: Promise<Conn> | undefined
   #abort: Abandon | undefined
@@ -127,8 +148,10 @@ export class RequestHandle implements RequestDb {
   #running = false
   /** Statements waiting for the checkout or for the one running. */
   readonly #queue: Job[] = []
-  /** How many `transaction()` calls are open: 0 outside, then savepoint depth. */
-  #depth = 0
+  /** The transaction levels open on the connection. */
+  readonly #frames = new Frames()
+  /** `transaction()` calls still running, innermost last: only the innermost may send statements. */
+  readonly #open: TransactionDb[] = []
   #guarded: GuardedClient | undefined
   #origin: Error | undefined
   /** The statement timeout sent with statements (see timeout.ts), when one must be. */
@@ -138,8 +161,9 @@ export class RequestHandle implements RequestDb {
   #routeTx: RouteTx
   /** How the route's transaction begins. */
   readonly #beginWith: TransactionOptions | undefined
-  /** The route's BEGIN, once it is queued. */
+  /** The route's BEGIN, once it is queued; its frame once it ran. */
   #began: Promise<unknown> | undefined
+  #routeFrame: Frame | undefined
 
   constructor (pool: PgPool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings) {
     this.#pool = pool
@@ -148,51 +172,108 @@ export class RequestHandle implements RequestDb {
     this.#timeoutMs = pool.timeoutToSend(settings.statementTimeoutMs)
     this.#beginWith = settings.transaction
     this.#routeTx = settings.transaction === undefined ? 'none' : 'pending'
-    // Inside the route's transaction, transaction() makes savepoints.
-    if (this.#routeTx === 'pending') this.#depth = 1
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
-    if (ended(response)) this.#state = 'released'
-    else response.once('close', () => this.#move('released'))
+    if (ended(response)) this.#end(false)
+    else response.once('close', () => this.#end(response.writableEnded === true))
   }
 
   query (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
+    return this.runIn(this, text, values)
+  }
+
+  transaction<T> (fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T> {
+    return this.transactionIn(this, fn, options)
+  }
+
+  connection (): Promise<PoolClient> {
+    return this.connectionIn(this)
+  }
+
+  /** @internal `query()` of `request.db` or of a transaction's `db`. */
+  runIn (scope: Scope, text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
+    const refusal = this.#refusal(scope)
+    if (refusal !== undefined) return this.#refuse(refusal)
+    return this.#run(text, values, undefined)
+  }
+
+  /** Why `scope` cannot send a statement now, if it cannot. */
+  #refusal (scope: Scope): Error | undefined {
     // After the route's transaction ended, a statement would run outside it: refused like after the end.
-    if (this.#routeTx === 'ended') return Promise.reject(new PgRequestEndedError())
-    return this.#run(text, values)
+    if (this.#ended || this.#routeTx === 'ended') return new PgRequestEndedError()
+    const innermost = this.#open[this.#open.length - 1]
+    if (scope === (innermost ?? this)) return undefined
+    if (scope !== this && (scope as TransactionDb).over) return new PgTransactionScopeError('This transaction has ended')
+    return new PgTransactionScopeError('A transaction() opened through this db is still open: its statements go through the db passed to its callback')
   }
 
-  #run (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
-    return new Promise((resolve, reject) => {
-      const job: Job = { text, values, retry: typeof text === 'object' && text?.retry === true, resolve, reject }
-      if (this.#state === 'held' && !this.#running) this.#send(job)
-      else if (this.#state === 'released') reject(new PgRequestEndedError())
-      else {
-        this.#queue.push(job)
-        if (this.#state === 'unused') this.#move('acquiring')
-      }
-    })
+  /** A refused statement: the caller's promise rejects, and a handler that did not await it cannot crash the process. */
+  #refuse (error: Error): Promise<never> {
+    this.#warn(error)
+    return refused(error)
   }
 
-  async transaction<T> (fn: (db: RequestDb) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
-    const depth = this.#depth
-    if (depth > 0 && Object.keys(options).length > 0) {
-      throw new PgInvalidOptionError('transaction options', 'none inside another transaction (it is a savepoint)', Object.keys(options).join(', '))
+  /** A refusal, or a COMMIT lost on the way: worth a line with the route, whoever awaits the statement. */
+  #warn (error: Error): void {
+    const { method, routeOptions: { url: route } } = this.#holder
+    if (error instanceof PgCommitUnknownError) {
+      this.#log.warn({ err: error, method, route }, 'fastify-pg-pool: the connection was lost after COMMIT was sent; the transaction may or may not have committed')
+    } else {
+      this.#log.warn({ err: error, method, route }, 'fastify-pg-pool: a statement was refused and not sent')
     }
-    const savepoint = `fastify_pg_pool_${depth}`
-    await this.query(depth === 0 ? begin(options) : `savepoint ${savepoint}`)
-    this.#depth = depth + 1
+  }
+
+  #run (text: string | PgQueryConfig, values: unknown[] | undefined, plan: Job['plan']): Promise<QueryResult<any>> {
+    const job: Job = { text, values, retry: typeof text === 'object' && text?.retry === true, plan, resolve: noop, reject: noop, promise: undefined }
+    const promise = new Promise<QueryResult<any>>((resolve, reject) => {
+      job.resolve = resolve
+      job.reject = reject
+    })
+    if (this.#state === 'held' && !this.#running) this.#send(job)
+    else if (this.#state === 'released') return this.#refuse(new PgRequestEndedError())
+    else {
+      job.promise = promise
+      this.#queue.push(job)
+      if (this.#state === 'unused') this.#move('acquiring')
+    }
+    return promise
+  }
+
+  /** @internal `transaction()` of `request.db` or of a transaction's `db`. */
+  async transactionIn<T> (scope: Scope, fn: (db: RequestDb) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+    const refusal = this.#refusal(scope)
+    if (refusal !== undefined) return await this.#refuse(refusal)
+    checkTransactionOptions(options)
+    const db = new TransactionDb(this)
+    // From now on, statements through `scope` would join this transaction: they are refused.
+    this.#open.push(db)
+    let frame: Frame | undefined
+    const opened = this.#run('begin', undefined, (status) => this.#frames.open(options, status, (f) => { frame = f }))
+    let result: T
     try {
-      const result = await fn(this)
-      await this.query(depth === 0 ? 'commit' : `release savepoint ${savepoint}`)
-      this.#depth = depth
-      return result
+      await opened
+      result = await fn(db)
     } catch (error) {
-      this.#depth = depth
-      // A rollback that cannot run (the connection died) changes nothing: the plugin rolls
-      // back or destroys the connection when the request ends anyway.
-      await this.query(depth === 0 ? 'rollback' : `rollback to savepoint ${savepoint}`).catch(noop)
+      // A rollback that cannot run (the connection died) changes nothing: the plugin rolls back
+      // or destroys the connection when the request ends anyway. One the transaction around it
+      // ended first is rolled back already.
+      if (frame !== undefined && !db.over) await this.#endFrame(frame, false).catch(noop)
+      this.#close(db)
       throw error
     }
+    if (db.over) throw new PgTransactionScopeError('The transaction around this one ended before its callback finished, and rolled it back')
+    this.#close(db)
+    await this.#endFrame(frame as Frame, true)
+    return result
+  }
+
+  /** A transaction's `db` stops (and so do those opened inside it that are still running). */
+  #close (db: TransactionDb): void {
+    const at = this.#open.indexOf(db)
+    for (const inner of this.#open.splice(at)) inner.over = true
+  }
+
+  #endFrame (frame: Frame, commit: boolean): Promise<unknown> {
+    return this.#run(commit ? 'commit' : 'rollback', undefined, (status) => this.#frames.close(frame, commit, status))
   }
 
   /**
@@ -201,38 +282,63 @@ export class RequestHandle implements RequestDb {
    * on) cannot commit: that throws FST_PG_TRANSACTION_ABORTED, so the reply does not claim success.
    */
   async endTransaction (commit: boolean): Promise<void> {
-    if (this.#routeTx === 'none' || this.#routeTx === 'ended' || this.#state === 'released') return
-    const begun = this.#routeTx === 'open'
-    // Statements already queued run first, inside the transaction; later ones are refused.
-    this.#routeTx = 'ended'
-    this.#depth = 0
-    if (!begun) return
-    if (!commit) {
-      // A rollback that cannot run changes nothing: the end of the request rolls back or destroys.
-      await this.#run('rollback').catch(noop)
+    if (this.#routeTx !== 'open' || this.#ended) {
+      if (this.#routeTx === 'pending') this.#routeTx = 'ended'
       return
     }
-    // COMMIT of an aborted transaction answers ROLLBACK, without an error.
-    const { command } = await this.#run('commit')
-    if (command === 'ROLLBACK') throw new PgTransactionAbortedError()
+    // Statements already queued run first, inside the transaction; later ones are refused.
+    this.#routeTx = 'ended'
+    // transaction() calls still running did not finish: their levels are rolled back.
+    if (this.#open.length > 0) this.#close(this.#open[0] as TransactionDb)
+    try {
+      await this.#began
+    } catch (error) {
+      // A BEGIN that failed: the reply cannot claim a commit (nothing else to end).
+      if (commit) throw error
+      return
+    }
+    const ending = this.#endFrame(this.#routeFrame as Frame, commit)
+    // A rollback that cannot run changes nothing: the end of the request rolls back or destroys.
+    if (commit) await ending
+    else await ending.catch((error: unknown) => { if (error instanceof PgTransactionEndedEarlyError) throw error })
   }
 
-  async connection (): Promise<PoolClient> {
+  /** @internal `connection()` of `request.db` or of a transaction's `db`. */
+  async connectionIn (scope: Scope): Promise<PoolClient> {
+    const refusal = this.#refusal(scope)
+    if (refusal !== undefined) return await this.#refuse(refusal)
     if (this.#state === 'unused') this.#move('acquiring')
     if (this.#state === 'acquiring') await this.#checkout
     if (this.#state === 'held') await this.#began
-    if (this.#state !== 'held' || this.#routeTx === 'ended') throw new PgRequestEndedError()
+    if (this.#state !== 'held' || this.#ended || this.#routeTx === 'ended') return await this.#refuse(new PgRequestEndedError())
     const conn = this.#conn as Conn
     // release() cannot return it early: the plugin returns it when the request ends.
     // release(err) asks for it to be destroyed then, as with pg-pool.
     this.#guarded ??= guardClient(
       conn,
-      () => this.#state === 'held' && this.#routeTx !== 'ended',
+      () => this.#state === 'held' && !this.#ended && this.#routeTx !== 'ended',
       (error) => { if (error && this.#state === 'held') conn.broken = true },
       () => new PgRequestEndedError(),
-      (statement) => this.#pool.admit(conn, statement)
+      // Statements sent on the client directly are translated when they are handed to pg
+      // (interleaved with request.db.query() calls still queued, the order is pg's).
+      (statement) => {
+        const step = this.#frames.size > 0 ? this.#frames.translate(statement, conn.client.getTransactionStatus()) : undefined
+        return this.#pool.admit(conn, step === undefined ? statement : step.statement)
+      },
+      (error) => this.#warn(error)
     )
     return this.#guarded.client
+  }
+
+  /**
+   * The response closed. After a reply that completed normally, statements already issued still
+   * run, then the connection goes back; after an abort (or a timeout, or a destroyed hijacked
+   * socket) they are refused and the connection goes back at once.
+   */
+  #end (completed: boolean): void {
+    this.#ended = true
+    if (completed && (this.#running || this.#queue.length > 0) && this.#state !== 'unused') return
+    this.#move('released')
   }
 
   /** The one place where the state changes, with everything each change implies. */
@@ -258,8 +364,8 @@ export class RequestHandle implements RequestDb {
           // can only end in a later event: the state is still 'acquiring' here.
           (got) => this.#move('held', got),
           (error: unknown) => {
-            if (this.#state === 'acquiring') this.#move('unused')
             this.#fail(error)
+            if (this.#state === 'acquiring') this.#move(this.#ended ? 'released' : 'unused')
           }
         )
         break
@@ -275,7 +381,10 @@ export class RequestHandle implements RequestDb {
         break
       case 'released':
         // Most requests end with nothing queued: no error (and no stack) is built for them.
-        if (this.#queue.length > 0) this.#fail(new PgRequestEndedError())
+        if (this.#queue.length > 0) {
+          this.#log.debug({ statements: this.#queue.length }, 'fastify-pg-pool: the request ended before its queued statements ran; they were not sent')
+          this.#fail(new PgRequestEndedError())
+        }
         if (prev === 'acquiring') (this.#abort as Abandon).abort(new PgRequestEndedError())
         else if (prev === 'held') {
           this.#guarded?.closeCursors()
@@ -290,15 +399,17 @@ export class RequestHandle implements RequestDb {
     this.#routeTx = 'open'
     this.#began = new Promise((resolve, reject) => {
       this.#queue.unshift({
-        text: begin(options),
+        text: 'begin',
         values: undefined,
         retry: false,
+        plan: (status) => this.#frames.open(options, status, (frame) => { this.#routeFrame = frame }),
         resolve,
         reject: (error) => {
           reject(error)
           // Nothing queued behind a failed BEGIN may run outside the transaction.
           this.#fail(error)
-        }
+        },
+        promise: undefined
       })
     })
     this.#began.catch(noop)
@@ -307,10 +418,17 @@ export class RequestHandle implements RequestDb {
   #send (job: Job): void {
     const conn = this.#conn as Conn
     const tx = conn.client.getTransactionStatus()
+    // Session state left by this checkout so far: a fresh connection would not have it.
+    const stateless = !conn.dirty
+    let step: Step | undefined
     let statement: unknown
     try {
-      statement = this.#pool.admit(conn, job.text)
+      step = job.plan !== undefined ? job.plan(tx) : this.#frames.size > 0 ? this.#frames.translate(job.text, tx) : undefined
+      statement = this.#pool.admit(conn, step === undefined ? job.text : step.statement)
     } catch (error) {
+      if (error instanceof PgTransactionEndedEarlyError) {
+        this.#log.warn({ route: this.#holder.routeOptions.url }, 'fastify-pg-pool: the transaction had already ended when the plugin came to end it; what ran in it may be committed')
+      }
       job.reject(error)
       return this.#next()
     }
@@ -325,21 +443,29 @@ export class RequestHandle implements RequestDb {
       }
     }
     this.#running = true
-    // Never inside a transaction: the route's, or one the handler began.
-    const retry = job.retry && tx === 'I' && this.#routeTx === 'none'
+    // Never inside a transaction (the route's, the plugin's or one the handler began), and never
+    // once the session has state a fresh connection would lack (SET ROLE, set_config, temporary
+    // tables: see session.ts): the statement would run with other rights, or see other rows.
+    const retry = job.retry && tx === 'I' && this.#routeTx === 'none' && this.#frames.size === 0 && stateless
     let settled = false
     const done = (error: Error | null, result?: QueryResult<any>): void => {
       // pg calls back twice when a value fails to serialise: at once, and at ReadyForQuery.
       if (settled) return
       settled = true
       this.#running = false
-      if (error) {
+      if (step?.after !== undefined) error = step.after(error, result) ?? error
+      if (error !== null) {
         conn.failed(error)
-        if (retry && isConnectionError(error) && this.#state === 'held') {
-          job.retry = false
-          this.#queue.unshift(job)
-          this.#move('acquiring')
-          return
+        if (isConnectionError(error)) {
+          this.#frames.clear()
+          if (retry && this.#state === 'held') {
+            job.retry = false
+            this.#queue.unshift(job)
+            this.#move('acquiring')
+            return
+          }
+          error = lostConnectionError(error, step === undefined ? commits(job.text) : step.commits)
+          if (error instanceof PgCommitUnknownError) this.#warn(error)
         }
         job.reject(error)
       } else {
@@ -358,9 +484,16 @@ export class RequestHandle implements RequestDb {
   #next (): void {
     const job = this.#queue.shift()
     if (job !== undefined) this.#send(job)
+    // The request ended while statements it issued were still to run: they have.
+    else if (this.#ended && !this.#running && this.#state === 'held') this.#move('released')
   }
 
+  /** Rejects every waiting statement; none of them ran. */
   #fail (error: unknown): void {
-    for (const job of this.#queue.splice(0)) job.reject(error)
+    for (const job of this.#queue.splice(0)) {
+      // Marked handled: a statement fired and forgotten must not crash the process.
+      job.promise?.catch(noop)
+      job.reject(error)
+    }
   }
 }

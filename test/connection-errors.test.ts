@@ -3,6 +3,7 @@
  * the process and is never handed out again; transactions left open are rolled back on return.
  */
 import t from 'tap'
+import { isConnectionError } from '../src/index.js'
 import { assertReturned, buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { proxied } from './helpers/net.js'
@@ -34,7 +35,8 @@ t.test('a backend terminated while checked out: that request fails cleanly, the 
   await until(async () => (await db.admin('select 1 from pg_stat_activity where pid = $1', [pid])).rowCount === 0, 'the backend is gone')
   proceed.resolve()
   const res = await victim
-  t.equal(res.statusCode, 500, 'the request whose connection died gets a 5xx')
+  t.equal(res.statusCode, 503, 'the request whose connection died gets a 503: its statement was never sent')
+  t.equal(res.json().code, 'FST_PG_CONNECTION_LOST')
   await assertReturned(t, app, db)
   const next = await app.inject('/pid')
   t.equal(next.statusCode, 200)
@@ -101,4 +103,41 @@ t.test('a rollback that cannot complete destroys the connection', async (t) => {
   // timeouts act; what matters is that the app never reuses it.
   const { rows } = await app.pg.query('select count(*)::int as n from items')
   t.same(rows, [{ n: 0 }], 'a new connection serves, and never saw the stranded insert')
+  // Its lock would hold up the next test's TRUNCATE until the server's own timeouts act.
+  await db.admin("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'fpp-app' and state like 'idle in transaction%'")
+})
+
+t.test('an ERROR of class 08 (a wrong parameter count, 08P01) keeps the connection: the severity decides', async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  app.get('/', async (req) => await req.db.query('select $1::int + $2::int as n', [1]))
+  for (let i = 0; i < 21; i++) {
+    const res = await app.inject('/')
+    t.equal(res.json().code, '08P01', `request ${i + 1}: the server's own error`)
+  }
+  t.equal(app.pg.stats().created, 1, '21 requests, one connection')
+  t.equal(app.pg.stats().destroyed.error, 0)
+  t.notOk(isConnectionError({ code: '08P01', severity: 'ERROR' }))
+  t.ok(isConnectionError({ code: '57P01', severity: 'FATAL' }))
+  t.ok(isConnectionError({ code: '08006', severity: 'FATAL' }))
+  t.ok(isConnectionError({ code: 'XX000', severity: 'PANIC' }))
+  t.ok(isConnectionError({ code: '08P01', severity: 'FATAL' }))
+  t.ok(isConnectionError({ code: '08P01', severity: 'FATAL_IN_ANOTHER_LANGUAGE' }), 'a localised severity falls back to the class')
+  t.notOk(isConnectionError({ code: '57014', severity: 'ERROR' }), 'a cancelled statement leaves the session usable')
+  await assertReturned(t, app, db)
+})
+
+t.test('a connection lost while the statement ran: FST_PG_CONNECTION_LOST, 500 (it may have run)', async (t) => {
+  const app = await buildApp(t, db)
+  app.get('/', async (req) => {
+    const { rows: [{ pid }] } = await req.db.query('select pg_backend_pid() as pid')
+    const running = req.db.query('select pg_sleep(5)')
+    await until(async () => (await db.admin("select 1 from pg_stat_activity where pid = $1 and state = 'active'", [pid])).rowCount === 1, 'the statement runs')
+    await terminate(pid)
+    return await running
+  })
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_PG_CONNECTION_LOST')
+  t.match(res.json().message, /may or may not have taken effect/)
+  await assertReturned(t, app, db)
 })

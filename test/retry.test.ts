@@ -41,7 +41,11 @@ t.test('request.db: without retry, the statement fails', async (t) => {
     await killBackend((await req.db.query(pidSql)).rows[0].pid)
     return (await req.db.query(pidSql)).rows
   })
-  t.equal((await app.inject('/')).statusCode, 500)
+  // pg had already read the termination: the statement was never written, so 503, safe to retry.
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_PG_CONNECTION_LOST')
+  t.ok(res.headers['retry-after'])
 })
 
 t.test('request.db: never retried inside a transaction', async (t) => {
@@ -51,7 +55,9 @@ t.test('request.db: never retried inside a transaction', async (t) => {
     await killBackend((await req.db.query(pidSql)).rows[0].pid)
     return (await req.db.query({ text: pidSql, retry: true })).rows
   })
-  t.equal((await app.inject('/')).statusCode, 500)
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_PG_CONNECTION_LOST', 'not retried: the lost connection is the answer')
 })
 
 t.test('never retried for an error that is not connection-class', async (t) => {
@@ -71,7 +77,8 @@ t.test('fastify.pg.query: retry on a fresh connection', async (t) => {
   const { rows } = await app.pg.query({ text: pidSql, retry: true })
   t.not(rows[0].pid, first)
   proxy.forget()
-  await t.rejects(app.pg.query(pidSql), { code: 'ECONNRESET' }, 'without retry the reset reaches the caller')
+  const error = await app.pg.query(pidSql).catch((e: unknown) => e) as Error & { cause?: { code?: string }, statusCode?: number }
+  t.match(error, { code: 'FST_PG_CONNECTION_LOST', statusCode: 500, cause: { code: 'ECONNRESET' } }, 'without retry the reset reaches the caller, coded')
 })
 
 t.test('request.db: retry after connection() was used hands out a new client next time', async (t) => {

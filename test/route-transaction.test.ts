@@ -216,14 +216,14 @@ t.test('a BEGIN that fails (its connection was reset while idle): nothing queued
   let outcome: unknown[] = []
   app.post('/', tx, async (req) => {
     const inserts = [req.db.query("insert into ledger values ('one')"), req.db.query("insert into ledger values ('two')")]
-    outcome = (await Promise.allSettled(inserts)).map((s) => s.status === 'rejected' ? (s.reason as { code?: string }).code : 'ran')
+    outcome = (await Promise.allSettled(inserts)).map((s) => s.status === 'rejected' ? `${(s.reason as { code?: string }).code} ${(s.reason as { cause?: { code?: string } }).cause?.code}` : 'ran')
     return outcome
   })
   t.equal((await app.inject({ method: 'POST', url: '/' })).statusCode, 200, 'warm up: one connection in the pool')
   await db.admin('truncate ledger')
   proxy.forget()
   const res = await app.inject({ method: 'POST', url: '/' })
-  t.same(outcome, ['ECONNRESET', 'ECONNRESET'], 'both refused with the BEGIN\'s error')
+  t.same(outcome, ['FST_PG_CONNECTION_LOST ECONNRESET', 'FST_PG_CONNECTION_LOST ECONNRESET'], 'both refused with the BEGIN\'s error')
   t.equal(res.statusCode, 500, 'and the reply does not claim a commit')
   t.same(await notes(), [])
   await assertReturned(t, app, db)

@@ -1,0 +1,217 @@
+import { PgInvalidOptionError, PgTransactionAbortedError, PgTransactionControlError, PgTransactionEndedEarlyError } from './errors.js'
+
+/**
+ * Transactions on one connection as the plugin sees them on the wire: a stack of frames, one per
+ * transaction level open on the server. The plugin opens frames (a route transaction,
+ * `transaction()`); inside one, the user's own transaction control (an ORM's `db.transaction()`,
+ * a raw `BEGIN`) nests as savepoints instead of ending the plugin's transaction:
+ *
+ * | the user sends | inside a frame it becomes |
+ * | --- | --- |
+ * | `BEGIN`, `START TRANSACTION` | `SAVEPOINT` (a new frame) |
+ * | `COMMIT`, `END` | `RELEASE SAVEPOINT` of the user's frame; in a failed one, a rollback to it (as PostgreSQL's COMMIT of a failed transaction) |
+ * | `ROLLBACK`, `ABORT` | `ROLLBACK TO SAVEPOINT` of the user's frame |
+ * | `COMMIT`/`ROLLBACK` with no frame of the user's open, `PREPARE TRANSACTION`, `AND CHAIN`, control followed by more statements | refused (`FST_PG_TRANSACTION_CONTROL`) |
+ *
+ * Everything else (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `SET TRANSACTION`, `COMMIT PREPARED`)
+ * is sent as it is. With no frame open nothing is translated: outside the plugin's transactions
+ * the user's control is the user's. A translated statement answers with its own command tag
+ * (SAVEPOINT, RELEASE, ROLLBACK).
+ */
+
+/** How a top-level `transaction()` begins. Nested transactions (savepoints) take none. */
+export interface TransactionOptions {
+  isolationLevel?: 'serializable' | 'repeatable read' | 'read committed' | 'read uncommitted'
+  readOnly?: boolean
+  deferrable?: boolean
+}
+
+const ISOLATION_LEVELS = new Set(['serializable', 'repeatable read', 'read committed', 'read uncommitted'])
+
+/** Throws a coded error for options `begin()` cannot turn into SQL. */
+export function checkTransactionOptions ({ isolationLevel, readOnly, deferrable }: TransactionOptions): void {
+  if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
+    throw new PgInvalidOptionError('isolationLevel', `one of ${[...ISOLATION_LEVELS].join(', ')}`, `\`${String(isolationLevel)}\``)
+  }
+  for (const [name, value] of [['readOnly', readOnly], ['deferrable', deferrable]] as const) {
+    if (value !== undefined && typeof value !== 'boolean') throw new PgInvalidOptionError(name, 'true or false', `\`${String(value)}\``)
+  }
+}
+
+function begin ({ isolationLevel, readOnly, deferrable }: TransactionOptions): string {
+  let sql = 'begin'
+  if (isolationLevel !== undefined) sql += ` isolation level ${isolationLevel}`
+  if (readOnly !== undefined) sql += readOnly ? ' read only' : ' read write'
+  if (deferrable !== undefined) sql += deferrable ? ' deferrable' : ' not deferrable'
+  return sql
+}
+
+const nested = (options: TransactionOptions): Error =>
+  new PgInvalidOptionError('transaction options', 'none inside another transaction (it is a savepoint)', Object.keys(options).join(', '))
+
+/** Transaction control a statement's text starts with, after comments. */
+type Control = 'begin' | 'commit' | 'rollback' | 'refuse'
+
+const COMMENTS = /--[^\n]*|\/\*[\s\S]*?\*\//g
+const LEADING = /^\s*(?:(?:--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)\s*)*([a-z]+)\b/i
+/** What may follow the keyword of a control statement that is alone in its string. */
+const ALONE = /^[\s\w,]*;?\s*$/
+const PASSES = /^\s*(?:(?:work|transaction)\s+)?(?:to\b|prepared\b)/i
+const CHAIN = /\band\s+chain\b/i
+
+/** Reads the transaction control a statement is, if any (a few string tests, no round trip). */
+export function controlOf (text: string): Control | undefined {
+  const keyword = LEADING.exec(text)
+  if (keyword === null) return undefined
+  let control: Control
+  switch ((keyword[1] as string).toLowerCase()) {
+    case 'begin': control = 'begin'; break
+    case 'start': control = 'begin'; break // START TRANSACTION (no other statement starts with START)
+    case 'commit': case 'end': control = 'commit'; break
+    case 'rollback': case 'abort': control = 'rollback'; break
+    case 'prepare': control = 'refuse'; break
+    default: return undefined
+  }
+  const rest = text.slice(keyword[0].length).replace(COMMENTS, ' ')
+  if (control === 'refuse') return /^\s*transaction\b/i.test(rest) ? 'refuse' : undefined // else PREPARE name AS ...
+  // ROLLBACK TO SAVEPOINT, COMMIT PREPARED, ROLLBACK PREPARED: not the end of this transaction.
+  if (control !== 'begin' && PASSES.test(rest)) return undefined
+  if (!ALONE.test(rest) || CHAIN.test(rest)) return 'refuse'
+  return control
+}
+
+/** Is this statement's text a COMMIT (or END)? */
+export function commits (statement: unknown): boolean {
+  const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
+  return typeof text === 'string' && controlOf(text) === 'commit'
+}
+
+/** One transaction level open on the server. */
+export interface Frame {
+  /** The savepoint that opened it; none for the transaction itself (a BEGIN). */
+  readonly savepoint: string | undefined
+  /** Opened by the plugin (a route transaction, `transaction()`); else by the user's BEGIN. */
+  readonly managed: boolean
+}
+
+/**
+ * What to send for a statement, and what its outcome means. `after` sees the outcome and may
+ * replace it: an error to report instead (`null`: keep the outcome).
+ */
+export interface Step {
+  readonly statement: unknown
+  /** The statement ends a transaction with COMMIT: a connection lost meanwhile leaves it unknown. */
+  readonly commits: boolean
+  after? (error: Error | null, result: unknown): Error | null
+}
+
+/** pg's `getTransactionStatus()`: I (idle), T (in a transaction), E (in a failed one); null before connecting. */
+type Status = string | null
+
+/** The last command's result: a statement string of several commands answers with a list. */
+function last (result: unknown): { command?: string } | undefined {
+  return (Array.isArray(result) ? result[result.length - 1] : result) as { command?: string } | undefined
+}
+
+export class Frames {
+  readonly #stack: Frame[] = []
+
+  /** Transaction levels the plugin knows of; 0 when none of its transactions is open. */
+  get size (): number { return this.#stack.length }
+
+  #name (): string {
+    return `fastify_pg_pool_${this.#stack.length}`
+  }
+
+  /**
+   * The plugin opens a transaction level: BEGIN (with `options`) outside a transaction, a
+   * savepoint inside one (the user's own BEGIN came first). `frame` is the plugin's handle on it.
+   */
+  open (options: TransactionOptions, status: Status, onOpen: (frame: Frame) => void): Step {
+    const frame: Frame = { savepoint: status === 'I' ? undefined : this.#name(), managed: true }
+    if (frame.savepoint !== undefined && Object.keys(options).length > 0) throw nested(options)
+    return {
+      statement: frame.savepoint === undefined ? begin(options) : `savepoint ${frame.savepoint}`,
+      commits: false,
+      after: (error) => {
+        if (error === null) {
+          this.#stack.push(frame)
+          onOpen(frame)
+        }
+        return null
+      }
+    }
+  }
+
+  /**
+   * The plugin ends `frame`: commits (or releases) it when `commit`, else rolls it back. Levels
+   * still open above it (a `transaction()` that never finished, a BEGIN without COMMIT) did not
+   * finish: they are rolled back first. A level PostgreSQL already aborted is rolled back and
+   * reported as FST_PG_TRANSACTION_ABORTED; one that is not there any more (something else ended
+   * the transaction) as FST_PG_TRANSACTION_ENDED_EARLY, with nothing sent.
+   */
+  close (frame: Frame, commit: boolean, status: Status): Step {
+    const at = this.#stack.indexOf(frame)
+    const above = this.#stack[at + 1]
+    if (at !== -1) this.#stack.length = at
+    if (at === -1 || status === 'I') {
+      this.#stack.length = 0
+      throw new PgTransactionEndedEarlyError()
+    }
+    const { savepoint } = frame
+    const unfinished = above === undefined ? '' : `rollback to savepoint ${above.savepoint as string}; `
+    // An aborted level aborted in itself: an unfinished one above was created before the failure
+    // (a savepoint cannot be made in a failed transaction), and rolling back to it undoes it.
+    const aborted = status === 'E' && above === undefined
+    if (savepoint === undefined) {
+      if (!commit || aborted) return { statement: 'rollback', commits: false, after: aborted ? abortedError : undefined }
+      return { statement: `${unfinished}commit`, commits: true, after: checkCommitted }
+    }
+    if (!commit || aborted) return { statement: `rollback to savepoint ${savepoint}`, commits: false, after: aborted ? abortedError : undefined }
+    return { statement: `${unfinished}release savepoint ${savepoint}`, commits: false }
+  }
+
+  /** The user's statement, translated inside the plugin's transactions (see the table above). */
+  translate (statement: unknown, status: Status): Step | undefined {
+    const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
+    if (typeof text !== 'string') return undefined
+    const control = controlOf(text)
+    if (control === undefined) return undefined
+    const top = this.#stack[this.#stack.length - 1] as Frame
+    const mine = !top.managed
+    if (control === 'refuse' || (control !== 'begin' && !mine)) throw new PgTransactionControlError(text.trim().slice(0, 60))
+    let sql: string
+    let after: Step['after']
+    if (control === 'begin') {
+      const frame: Frame = { savepoint: this.#name(), managed: false }
+      this.#stack.push(frame)
+      sql = `savepoint ${frame.savepoint as string}`
+      after = (error) => {
+        if (error !== null && this.#stack[this.#stack.length - 1] === frame) this.#stack.pop()
+        return null
+      }
+    } else {
+      this.#stack.pop()
+      const name = top.savepoint as string
+      // COMMIT of a failed transaction is a rollback in PostgreSQL (it answers ROLLBACK): so here.
+      // A savepoint rolled back to stays (until its transaction ends): one statement, one result.
+      sql = control === 'commit' && status !== 'E' ? `release savepoint ${name}` : `rollback to savepoint ${name}`
+    }
+    return { statement: typeof statement === 'string' ? sql : { ...(statement as object), text: sql }, commits: false, after }
+  }
+
+  /** The connection is gone, or the transaction ended: nothing is open any more. */
+  clear (): void {
+    this.#stack.length = 0
+  }
+}
+
+function abortedError (error: Error | null): Error {
+  return error ?? new PgTransactionAbortedError()
+}
+
+/** COMMIT of a transaction PostgreSQL aborted answers ROLLBACK, without an error. */
+function checkCommitted (error: Error | null, result: unknown): Error | null {
+  if (error === null && last(result)?.command === 'ROLLBACK') return new PgTransactionAbortedError()
+  return null
+}
