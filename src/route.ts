@@ -1,6 +1,6 @@
 import type { RouteOptions } from 'fastify'
 import { PgInvalidOptionError } from './errors.js'
-import { statementTimeout } from './options.js'
+import { OPTIONS } from './options.js'
 import { checkTransactionOptions, type TransactionOptions } from './request-db.js'
 
 /** Route config: `{ config: { pgPool: { ... } } }`. */
@@ -62,11 +62,14 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
     checkTransactionOptions(transaction)
     begin = transaction
   }
+  if (statementTimeoutMs !== undefined && !OPTIONS.statementTimeoutMs.kind.test(statementTimeoutMs)) {
+    fail('statementTimeoutMs', OPTIONS.statementTimeoutMs.kind.expected, statementTimeoutMs)
+  }
   const own: PgRouteConfig = { ...config }
   route.config = { ...route.config, pgPool: own }
   settingsOf.set(own, {
     transaction: begin,
-    statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeout(statementTimeoutMs, 'config.pgPool.statementTimeoutMs')
+    statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeoutMs || 0
   })
   if (begin !== undefined) {
     // After the route's own onSend hooks: they may still change the status.
