@@ -191,6 +191,33 @@ t.test('no options at all: the defaults', async (t) => {
   t.same(resolveOptions({ pgbouncer: true }, pg.Client).sessionReset, false, 'no session reset behind PgBouncer')
 })
 
+t.test('a route config: a misspelt key or a wrong value fails when the route is added, naming the route', async (t) => {
+  const app = Fastify()
+  await app.register(pgPool, { connectionString: 'postgres://u:p@127.0.0.1:1/db' })
+  t.teardown(() => app.close())
+  const add = (url: string, pgPool: unknown) => () => app.post(url, { config: { pgPool: pgPool as never } }, async () => 'x')
+  t.throws(add('/a', { transacton: true }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transacton` to be a known option \(did you mean `transaction`\?\) \(route POST \/a\)/ })
+  t.throws(add('/b', { statementTimeoutMs: 'soon' }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.statementTimeoutMs`.*\(route POST \/b\), got "soon"/ })
+  t.throws(add('/c', { statementTimeoutMs: 10n }), { code: 'FST_PG_INVALID_OPTION', message: /\(route POST \/c\), got 10n/ })
+  t.throws(add('/d', { transaction: { isolation: 'serializable' } }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction\.isolation`.*did you mean `isolationLevel`.*POST \/d/ })
+  t.throws(add('/e', { transaction: { isolationLevel: 'chaos' } }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction\.isolationLevel`.*one of serializable.*POST \/e.*"chaos"/ })
+  t.throws(add('/f', { transaction: { deferrable: 1 } }), { code: 'FST_PG_INVALID_OPTION', message: /transaction\.deferrable.*POST \/f/ })
+  t.throws(add('/g', { transaction: [] }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction`.*POST \/g/ })
+  t.throws(add('/h', Object.create(null, { x: { value: 1, enumerable: true } })), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.x`/ })
+  t.throws(add('/i', { shedding: Object.create(null) }), { code: 'FST_PG_INVALID_OPTION', message: /got \{\}/ })
+  t.throws(add('/i2', 'on'), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool` to be an object \(route POST \/i2\), got "on"/ })
+  t.throws(add('/j', { shedding: Symbol('s') }), { code: 'FST_PG_INVALID_OPTION', message: /got Symbol\(s\)/ })
+  const circular: Record<string, unknown> = {}
+  circular.self = circular
+  t.throws(add('/k', { transaction: circular }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction\.self`.*an unknown key/ })
+  t.throws(add('/l', { shedding: circular }), { code: 'FST_PG_INVALID_OPTION', message: /got an object/ })
+  t.throws(add('/m', { transaction: { readOnly: 'yes' } }), { code: 'FST_PG_INVALID_OPTION', message: /transaction\.readOnly.*POST \/m/ })
+  t.doesNotThrow(add('/ok', { transaction: { readOnly: true }, shedding: undefined, statementTimeoutMs: false }))
+  t.doesNotThrow(add('/ok2', { transaction: true, statementTimeoutMs: 100 }))
+  t.doesNotThrow(() => app.post('/ok3', { config: { pgPool: { transaction: true } }, onSend: async (_req, _reply, payload) => payload }, async () => 'x'))
+  t.doesNotThrow(() => app.post('/plain', async () => 'x'))
+})
+
 t.test('the README lists every accepted and every refused key', async (t) => {
   const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8')
   const section = readme.slice(readme.indexOf('\n## Options'), readme.indexOf('\n## ', readme.indexOf('\n## Options') + 1))
