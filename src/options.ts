@@ -2,7 +2,7 @@ import type { Client, ClientBase, ClientConfig, PoolConfig, QueryConfig } from '
 import type { FastifyUnderPressureOptions as UnderPressureOptions } from '@fastify/under-pressure'
 import { PgInvalidOptionError } from './errors.js'
 
-/** Options of the plugin itself; every `pg.PoolConfig` field is accepted beside them. */
+/** Options of the plugin itself; pg's Client and pg-pool options are accepted beside them (`OPTIONS`). */
 export interface PgPoolPluginOptions {
   /**
    * A connection that sat idle in the pool at least this long is pinged (one empty-query round
@@ -113,7 +113,7 @@ export interface PgQueryConfig<I = any[]> extends QueryConfig<I> {
 }
 
 /** Everything `fastify.register(pgPool, opts)` accepts. */
-export type PgPoolOptions = PoolConfig & PgPoolPluginOptions
+export type PgPoolOptions = Omit<PoolConfig, 'log' | 'Promise'> & PgPoolPluginOptions
 
 /** Options after defaults and validation; what the pool works from. */
 export interface ResolvedOptions {
@@ -145,32 +145,158 @@ export interface ResolvedOptions {
   readonly onConnect: ((client: ClientBase) => void | Promise<void>) | undefined
 }
 
-export const defaults = {
-  max: 10,
-  min: 0,
-  idleTimeoutMillis: 10_000,
-  pingIdleMs: 1000,
-  pingTimeoutMs: 1000,
-  acquireTimeoutMs: 2000,
-  closeTimeoutMs: 10_000,
-  maxLifetimeMs: 30 * 60_000,
-  maxLifetimeJitter: 0.1,
+/** Node's timers take at most 2^31 - 1 ms (24.8 days); a longer delay fires after 1 ms. */
+const MAX_MS = 2 ** 31 - 1
+
+/** What a value must be: a test, and the words that say it in an error. */
+export interface Kind<T = unknown> {
+  readonly expected: string
+  readonly test: (value: unknown) => value is T
+}
+
+function kind<T> (expected: string, test: (value: unknown) => boolean): Kind<T> {
+  return { expected, test: test as Kind<T>['test'] }
+}
+
+const isWhole = (v: unknown, min: number, max: number): v is number =>
+  typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max
+const isPlainObject = (v: unknown): v is object =>
+  v !== null && typeof v === 'object' && [Object.prototype, null].includes(Object.getPrototypeOf(v))
+
+/** Milliseconds for a timer: whole, from `min` to 2^31 - 1, and `false` (off) if `orFalse`. */
+function ms (min: 0 | 1, orFalse: true): Kind<number | false>
+function ms (min: 0 | 1, orFalse?: false): Kind<number>
+function ms (min: 0 | 1, orFalse = false): Kind<number | false> {
+  const range = min === 0 ? `from 0 to ${MAX_MS}` : `above 0, at most ${MAX_MS}`
+  return kind(`a whole number of milliseconds ${range}${orFalse ? ', or false' : ''}`, (v) => (orFalse && v === false) || isWhole(v, min, MAX_MS))
+}
+
+const bool = kind<boolean>('true or false', (v) => typeof v === 'boolean')
+const text = kind<string>('a string', (v) => typeof v === 'string')
+const name = kind<string>('a string, not empty', (v) => typeof v === 'string' && v !== '')
+const fn = <T>(): Kind<T> => kind('a function', (v) => typeof v === 'function')
+const count = (min: 0 | 1, orInfinity = false): Kind<number> => kind(
+  `a whole number of at least ${min}${orInfinity ? ', or Infinity' : ''}`,
+  (v) => (orInfinity && v === Infinity) || isWhole(v, min, Infinity)
+)
+
+/**
+ * Who reads an option: `pool`, the plugin (its own options and pg-pool's, never passed to a
+ * Client), or `client`, pg's Client (passed to every connection as given).
+ */
+interface Spec<T> {
+  readonly to: 'pool' | 'client'
+  readonly kind: Kind<T>
+  /** The plugin's default, when it has a fixed one. */
+  readonly default?: T
+}
+const pool = <T>(kind: Kind<T>, fallback?: T): Spec<T> => ({ to: 'pool', kind, default: fallback })
+const client = <T>(kind: Kind<T>, fallback?: T): Spec<T> => ({ to: 'client', kind, default: fallback })
+
+/**
+ * Every option accepted, what it must be, and its default: the only list. A key not here is
+ * refused (with the reason in REFUSED, or the closest key here). Checks that involve two options
+ * are in `resolveOptions`. The README's Options section names each of them (a test checks).
+ */
+export const OPTIONS = {
+  // The plugin's own (PgPoolPluginOptions).
+  pingIdleMs: pool(ms(0, true), 1000),
+  pingTimeoutMs: pool(ms(1), 1000),
+  acquireTimeoutMs: pool(ms(1), 2000),
+  sessionReset: pool(kind<'auto' | 'always' | false>("'auto', 'always' or false", (v) => v === 'auto' || v === 'always' || v === false)),
+  maxWaiting: pool(count(0, true)),
+  underPressure: pool(kind<UnderPressureOptions | false>('@fastify/under-pressure options (an object), or false', (v) => v === false || isPlainObject(v)), {}),
+  maxLifetimeMs: pool(ms(0, true), 30 * 60_000),
+  maxLifetimeJitter: pool(kind<number>('a fraction >= 0 and < 1', (v) => typeof v === 'number' && v >= 0 && v < 1), 0.1),
+  closeTimeoutMs: pool(ms(0), 10_000),
+  statementTimeoutMs: pool(ms(0, true), 0),
+  pgbouncer: pool(bool, false),
+  leakDetectionMs: pool(ms(0, true), 0),
+  pooling: pool(bool, true),
+  // pg-pool's.
+  max: pool(count(1), 10),
+  min: pool(count(0), 0),
+  // (null, which pg-pool's type allows, means the default.)
+  idleTimeoutMillis: pool(kind<number>(`${ms(0).expected} (0 keeps idle connections)`, (v) => v === null || ms(0).test(v)), 10_000),
+  maxUses: pool(count(1, true), Infinity),
+  maxLifetimeSeconds: pool(kind<number>(`a number of seconds from 0 to ${Math.floor(MAX_MS / 1000)} (0 means no limit)`, (v) => typeof v === 'number' && v >= 0 && v * 1000 <= MAX_MS)),
+  allowExitOnIdle: pool(bool, false),
+  connectionTimeoutMillis: pool(ms(0), 0),
+  Client: pool(kind<ResolvedOptions['Client']>('a function: a class like pg.Client (connect, query, end and on on its prototype)', (v) => {
+    const proto = typeof v === 'function' ? (v as { prototype?: Record<string, unknown> }).prototype : undefined
+    return proto !== undefined && ['connect', 'query', 'end', 'on'].every((m) => typeof proto[m] === 'function')
+  })),
+  onConnect: pool(fn<NonNullable<PoolConfig['onConnect']>>()),
+  verify: pool(fn<NonNullable<PoolConfig['verify']>>()),
+  // pg's Client (ClientConfig, and the connection parameters pg reads from it).
+  connectionString: client(name),
+  host: client(name),
+  port: client(kind<number | string>('a whole number from 1 to 65535', (v) => isWhole(typeof v === 'string' && /^\d{1,5}$/.test(v) ? Number(v) : v, 1, 65_535))),
+  user: client(name),
+  password: client(kind<string | (() => string | Promise<string>)>('a string or a function returning one', (v) => typeof v === 'string' || typeof v === 'function')),
+  database: client(name),
+  ssl: client(kind<boolean | object>('true, false, or tls.connect options (an object)', (v) => typeof v === 'boolean' || isPlainObject(v))),
+  sslnegotiation: client(kind<'postgres' | 'direct'>("'postgres' or 'direct'", (v) => v === 'postgres' || v === 'direct')),
+  application_name: client(text),
+  fallback_application_name: client(text, 'fastify-pg-pool'),
+  // (Shown described, never as given: it may carry a password.)
+  options: client(text),
+  statement_timeout: client(ms(0, true)),
+  lock_timeout: client(ms(0, true)),
+  idle_in_transaction_session_timeout: client(ms(0, true)),
+  query_timeout: client(ms(0, true)),
   // TCP keepalive: the first probe after 10 s of silence keeps NAT and load-balancer flow
   // tables warm (their idle timeouts are minutes: 350 s on AWS NLB, 4 min on Azure) and lets the
   // kernel notice a dead peer on its own; pings at checkout catch the rest.
-  keepAlive: true,
-  keepAliveInitialDelayMillis: 10_000,
-  applicationName: 'fastify-pg-pool',
-  leakDetectionMs: 0
-} as const
+  keepAlive: client(bool, true),
+  keepAliveInitialDelayMillis: client(ms(0), 10_000),
+  types: client(kind<NonNullable<ClientConfig['types']>>('an object with a getTypeParser function returning parsers (pg.types, a pg.TypeOverrides)', (v) => {
+    try {
+      return v !== null && typeof v === 'object' && typeof (v as { getTypeParser: (oid: number, format: string) => unknown }).getTypeParser(23, 'text') === 'function'
+    } catch {
+      return false
+    }
+  })),
+  stream: client(kind<NonNullable<ClientConfig['stream']>>('a function returning a new stream for each connection (one stream cannot carry a pool of connections)', (v) => typeof v === 'function')),
+  binary: client(bool),
+  // pg's JavaScript client always reads and writes UTF-8 and ignores this (only pg-native reads it).
+  client_encoding: client(kind<string>("'UTF8' (pg's JavaScript client speaks nothing else)", (v) => typeof v === 'string' && /^utf-?8$/i.test(v))),
+  enableChannelBinding: client(bool),
+  scramMaxIterations: client(count(1)),
+  pipeline: client(bool)
+} as const satisfies Record<string, Spec<any>>
 
-// Pool-level keys: consumed here, never passed to a Client.
-const POOL_KEYS = new Set([
-  'max', 'min', 'idleTimeoutMillis', 'log', 'Promise', 'allowExitOnIdle', 'maxUses',
-  'maxLifetimeSeconds', 'Client', 'onConnect', 'verify', 'connectionTimeoutMillis',
-  'pingIdleMs', 'pingTimeoutMs', 'acquireTimeoutMs', 'closeTimeoutMs', 'maxLifetimeMs', 'maxLifetimeJitter',
-  'maxWaiting', 'underPressure', 'sessionReset', 'statementTimeoutMs', 'pgbouncer', 'pooling', 'leakDetectionMs'
-])
+type Options = typeof OPTIONS
+type Name = keyof Options
+type ValueOf<N extends Name> = Options[N] extends Spec<infer T> ? T : never
+
+/** Keys pg or pg-pool (or a neighbouring plugin) accept that this plugin refuses, and why. */
+export const REFUSED: Readonly<Record<string, string>> = {
+  log: "not used: the plugin logs through Fastify's logger (fastify.log, request.log)",
+  Promise: 'not supported: pg deprecates custom Promise implementations (gone in pg 9); the plugin uses native promises',
+  native: "not supported as a flag: pass pg-native's client class as `Client`",
+  pg: 'not supported: the plugin uses the pg it depends on; pass another client class as `Client`',
+  name: 'not supported yet: one database per registration for now (several named databases are planned)',
+  connection: 'not supported: one Connection object cannot carry a pool of connections (`stream` takes a function)',
+  replication: "not supported: a replication connection cannot run the pool's queries",
+  poolSize: "pg-pool's old name for `max`: use `max`",
+  connect_timeout: "not read by pg's JavaScript client: use `connectionTimeoutMillis`",
+  keepalives: "not read by pg's JavaScript client: use `keepAlive`",
+  keepalives_idle: "not read by pg's JavaScript client: use `keepAliveInitialDelayMillis`",
+  dbname: 'not read by pg: use `database`',
+  ...Object.fromEntries(['sslmode', 'sslcert', 'sslkey', 'sslrootcert'].map((key) => [key,
+    `read by pg only from \`connectionString\` (?${key}=...): put it there, or use \`ssl\``])),
+  ...Object.fromEntries(['parseInt8', 'parseInputDatesAsUTC'].map((key) => [key,
+    `a pg.defaults setting, not a connection option: set pg.defaults.${key}`])),
+  ...Object.fromEntries(['transaction', 'shedding'].map((key) => [key,
+    `a route option: set it on the route, in \`config: { pgPool: { ${key} } }\``])),
+  ...Object.fromEntries(['maxEventLoopDelay', 'maxEventLoopUtilization', 'maxHeapUsedBytes', 'maxRssBytes', 'healthCheck',
+    'healthCheckInterval', 'exposeStatusRoute', 'pressureHandler', 'retryAfter', 'sampleInterval', 'customError'].map((key) => [key,
+    `an @fastify/under-pressure option: put it in \`underPressure: { ${key} }\``]))
+}
+
+/** Fastify's own register options: Fastify reads them, and passes them on to every plugin. */
+const FASTIFY_KEYS = new Set(['prefix', 'logLevel', 'logSerializers'])
 
 /** Connection parameters PgBouncer refuses at startup (unless listed in its ignore_startup_parameters). */
 const REFUSED_BY_PGBOUNCER = ['statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', 'options'] as const
@@ -182,6 +308,7 @@ function describe (name: string, value: unknown): string {
   if (SECRET_BEARING.has(name)) return 'a value of type ' + (value === null ? 'null' : typeof value)
   if (typeof value === 'string') return `\`${value}\` (string)`
   if (typeof value === 'function') return 'a function'
+  if (Array.isArray(value)) return 'an array'
   if (value !== null && typeof value === 'object') return 'an object'
   return `\`${String(value)}\` (${value === null ? 'null' : typeof value})`
 }
@@ -190,159 +317,133 @@ function fail (name: string, expected: string, value: unknown): never {
   throw new PgInvalidOptionError(name, expected, describe(name, value))
 }
 
-type Check = (value: number) => boolean
-/** Node's timers take at most 2^31 - 1 ms (24.8 days); a longer delay fires after 1 ms. */
-const MAX_MS = 2 ** 31 - 1
-const nonNegative: Check = (v) => v >= 0 && v <= MAX_MS
-const positive: Check = (v) => v > 0 && v <= MAX_MS
-const msOrZero = `a number of milliseconds from 0 to ${MAX_MS}`
-const msAboveZero = `a number of milliseconds above 0, at most ${MAX_MS}`
-const count: Check = (v) => Number.isInteger(v) && v >= 1
-const wholeOrZero: Check = (v) => Number.isInteger(v) && v >= 0
-
-function num (opts: PgPoolOptions, name: keyof PgPoolOptions, fallback: number, check: Check, expected: string): number {
-  const value = opts[name]
-  if (value === undefined) return fallback
-  if (typeof value !== 'number' || !check(value)) fail(name, expected, value)
-  return value
-}
-
-function flag (opts: PgPoolOptions, name: 'pgbouncer' | 'pooling', fallback: boolean): boolean {
-  const value = opts[name]
-  if (value !== undefined && typeof value !== 'boolean') fail(name, 'true or false', value)
-  return value ?? fallback
-}
-
-/** `statementTimeoutMs`, plugin-wide or a route's: 0 means none. */
-export function statementTimeout (value: unknown, name = 'statementTimeoutMs'): number {
-  if (value === undefined || value === false) return 0
-  if (typeof value !== 'number' || !Number.isInteger(value) || !nonNegative(value)) {
-    fail(name, `a whole number of milliseconds from 0 to ${MAX_MS}, or false`, value)
+/** Edit distance (optimal string alignment: a swap of two neighbours counts as one edit). */
+function distance (a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)])
+  for (let j = 1; j <= b.length; j++) (d[0] as number[])[j] = j
+  for (let i = 1; i <= a.length; i++) {
+    const row = d[i] as number[]
+    const prev = d[i - 1] as number[]
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1
+      row[j] = Math.min(prev[j] as number + 1, row[j - 1] as number + 1, prev[j - 1] as number + cost)
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) row[j] = Math.min(row[j] as number, (d[i - 2] as number[])[j - 2] as number + 1)
+    }
   }
-  return value
+  return (d[a.length] as number[])[b.length] as number
 }
 
-function optionalFunction<T> (opts: PgPoolOptions, name: keyof PgPoolOptions): T | undefined {
-  const value = opts[name]
-  if (value !== undefined && typeof value !== 'function') fail(name, 'a function', value)
-  return value as T | undefined
+/**
+ * The accepted key closest to a misspelt one, if one is close enough: case, `_` and `-` aside,
+ * `Millis` read as `Ms`, and a key that starts the other (`isolation`, `isolationLevel`) close.
+ */
+export function closest (key: string, candidates: Iterable<string>): string | undefined {
+  const plain = (s: string): string => s.toLowerCase().replace(/[-_]/g, '').replace(/millis(econds)?$/, 'ms')
+  const wanted = plain(key)
+  let best: string | undefined
+  let bestDistance = Math.max(1, Math.floor(wanted.length / 3)) + 1
+  for (const candidate of candidates) {
+    const other = plain(candidate)
+    const prefix = Math.min(wanted.length, other.length) >= 4 && (other.startsWith(wanted) || wanted.startsWith(other))
+    const d = Math.min(distance(wanted, other), prefix ? 1 : Infinity)
+    if (d < bestDistance) [best, bestDistance] = [candidate, d]
+  }
+  return best
 }
+
+/** A key that is not an accepted option: refused with its reason, or the key it most resembles. */
+export function unknownKey (key: string, value: unknown, candidates: Iterable<string>, prefix = ''): never {
+  const reason = Object.hasOwn(REFUSED, key) && prefix === '' ? REFUSED[key] : undefined
+  if (reason !== undefined) fail(key, `unset (${reason})`, value)
+  const near = closest(key, candidates)
+  throw new PgInvalidOptionError(prefix + key, `a known option${near === undefined ? '' : ` (did you mean \`${near}\`?)`}`, 'an unknown key')
+}
+
+/** "0 or false: off", as a number: `off` (0, or Infinity for a threshold never reached) when off. */
+const orOff = (value: number | false, off: number): number => value === false || value === 0 ? off : value
 
 /** Applies defaults and validates once, at register time. Never mutates `input`. */
 export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient: ResolvedOptions['Client']): ResolvedOptions {
-  if (input !== undefined && (input === null || typeof input !== 'object')) fail('options', 'an object', input)
-  const opts: PgPoolOptions = { ...input }
-
-  for (const name of ['connectionString', 'host', 'user', 'database', 'application_name'] as const) {
-    if (opts[name] !== undefined && typeof opts[name] !== 'string') fail(name, 'a string', opts[name])
+  if (input !== undefined && (input === null || typeof input !== 'object' || Array.isArray(input))) fail('options', 'an object', input)
+  // Only validated keys are copied; `undefined` means "not given", as if the key were absent.
+  const given = new Map<Name, unknown>()
+  for (const [key, value] of Object.entries(input ?? {})) {
+    if (value === undefined || FASTIFY_KEYS.has(key)) continue
+    if (!Object.hasOwn(OPTIONS, key)) unknownKey(key, value, Object.keys(OPTIONS))
+    const { kind } = OPTIONS[key as Name] as Spec<unknown>
+    if (!kind.test(value)) fail(key, kind.expected, value)
+    given.set(key as Name, value)
   }
-  const password = opts.password
-  if (password !== undefined && typeof password !== 'string' && typeof password !== 'function') {
-    fail('password', 'a string or a function returning one', password)
-  }
+  const has = (key: Name): boolean => given.has(key)
+  const get = <N extends Name>(key: N): ValueOf<N> => (given.get(key) ?? (OPTIONS[key] as Spec<unknown>).default) as ValueOf<N>
 
-  const max = num(opts, 'max', defaults.max, count, 'a whole number of at least 1')
-  const min = num(opts, 'min', defaults.min, wholeOrZero, 'a whole number of at least 0')
+  const max = get('max')
+  const min = get('min')
   if (min > max) fail('min', `at most \`max\` (${max})`, min)
+  const pooling = get('pooling')
+  if (!pooling && min > 0) fail('min', '0 when pooling is false (no connection is kept)', min)
 
-  const pingIdle = opts.pingIdleMs
-  if (pingIdle !== undefined && pingIdle !== false && (typeof pingIdle !== 'number' || !nonNegative(pingIdle))) {
-    fail('pingIdleMs', `${msOrZero}, or false`, pingIdle)
+  const client: Record<string, unknown> = {}
+  for (const key of Object.keys(OPTIONS) as Name[]) {
+    const value = get(key)
+    if (OPTIONS[key].to === 'client' && value !== undefined) client[key] = value
   }
-
-  const idle = opts.idleTimeoutMillis ?? defaults.idleTimeoutMillis
-  if (typeof idle !== 'number' || !nonNegative(idle)) fail('idleTimeoutMillis', `${msOrZero} (0 keeps idle connections)`, idle)
-  const lifetimeSeconds = num(opts, 'maxLifetimeSeconds', 0, (v) => nonNegative(v * 1000), `a number of seconds from 0 to ${Math.floor(MAX_MS / 1000)} (0 means no limit)`)
-  const lifetimeMs = opts.maxLifetimeMs
-  if (lifetimeMs !== undefined && lifetimeMs !== false && (typeof lifetimeMs !== 'number' || !nonNegative(lifetimeMs))) {
-    fail('maxLifetimeMs', `${msOrZero}, or false`, lifetimeMs)
+  if (client.sslnegotiation === 'direct' && client.ssl !== true && !isPlainObject(client.ssl) && !has('connectionString')) {
+    fail('sslnegotiation', "'postgres' unless `ssl` is on ('direct' starts TLS at once)", client.sslnegotiation)
   }
-  const lifetime = lifetimeMs === undefined
-    ? (opts.maxLifetimeSeconds === undefined ? defaults.maxLifetimeMs : lifetimeSeconds * 1000)
-    : (lifetimeMs || 0)
-  const jitter = num(opts, 'maxLifetimeJitter', defaults.maxLifetimeJitter, (v) => v >= 0 && v < 1, 'a fraction >= 0 and < 1')
-  const maxUses = opts.maxUses === undefined || opts.maxUses === Infinity
-    ? Infinity
-    : num(opts, 'maxUses', Infinity, count, 'a whole number of at least 1, or Infinity')
-
-  const client: ClientConfig = {
-    keepAlive: defaults.keepAlive,
-    keepAliveInitialDelayMillis: defaults.keepAliveInitialDelayMillis,
-    // Shown in pg_stat_activity unless application_name is set (option, URL, or PGAPPNAME).
-    fallback_application_name: defaults.applicationName
-  }
-  for (const key of Object.keys(opts) as (keyof PgPoolOptions)[]) {
-    if (!POOL_KEYS.has(key)) (client as Record<string, unknown>)[key] = opts[key]
-  }
-
-  if (opts.connectionString !== undefined) {
+  if (has('connectionString')) {
     // pg parses it in the Client constructor (no connection is made): fail now, not per request.
     try {
       // eslint-disable-next-line no-new
-      new DefaultClient(client)
+      new DefaultClient(client as ClientConfig)
     } catch (error) {
-      fail('connectionString', `a connection string pg can use (${(error as Error).message})`, opts.connectionString)
+      fail('connectionString', `a connection string pg can use (${(error as Error).message})`, get('connectionString'))
     }
   }
 
-  const pgbouncer = flag(opts, 'pgbouncer', false)
-  const pooling = flag(opts, 'pooling', true)
-  if (!pooling && min > 0) fail('min', '0 when pooling is false (no connection is kept)', min)
-  const statementTimeoutMs = statementTimeout(opts.statementTimeoutMs)
-  const leak = opts.leakDetectionMs
-  if (leak !== undefined && leak !== false && (typeof leak !== 'number' || !nonNegative(leak))) {
-    fail('leakDetectionMs', `${msOrZero}, or false`, leak)
-  }
+  const pgbouncer = get('pgbouncer')
+  const statementTimeoutMs = orOff(get('statementTimeoutMs'), 0)
   if (pgbouncer) {
-    for (const name of REFUSED_BY_PGBOUNCER) {
-      if (client[name] !== undefined) fail(name, 'unset with pgbouncer: true (PgBouncer refuses it as a connection parameter; use statementTimeoutMs, or SET LOCAL in a transaction)', client[name])
+    // (pg sends these only when truthy.)
+    for (const key of REFUSED_BY_PGBOUNCER) {
+      if (client[key]) fail(key, 'unset with pgbouncer: true (PgBouncer refuses it as a connection parameter; use statementTimeoutMs, or SET LOCAL in a transaction)', client[key])
     }
   } else if (statementTimeoutMs > 0) {
-    if (client.statement_timeout !== undefined) fail('statement_timeout', 'unset when statementTimeoutMs is given (use one of them)', client.statement_timeout)
+    if (client.statement_timeout) fail('statement_timeout', 'unset when statementTimeoutMs is given (use one of them)', client.statement_timeout)
     // A connection parameter: set once per connection, costs nothing per statement.
     client.statement_timeout = statementTimeoutMs
   }
-
-  const maxWaiting = opts.maxWaiting === Infinity
-    ? Infinity
-    : num(opts, 'maxWaiting', 2 * max, wholeOrZero, 'a whole number of at least 0, or Infinity')
-  const sessionReset = opts.sessionReset ?? (pgbouncer ? false : 'auto')
-  if (sessionReset !== 'auto' && sessionReset !== 'always' && sessionReset !== false) {
-    fail('sessionReset', "'auto', 'always' or false", sessionReset)
-  }
+  const sessionReset = has('sessionReset') ? get('sessionReset') : (pgbouncer ? false : 'auto')
   if (pgbouncer && sessionReset !== false) {
     fail('sessionReset', 'false with pgbouncer: true (in transaction mode a reset would run on whichever server connection PgBouncer picks)', sessionReset)
   }
-  const underPressure = opts.underPressure ?? {}
-  if (underPressure !== false && (underPressure === null || typeof underPressure !== 'object')) {
-    fail('underPressure', '@fastify/under-pressure options (an object), or false', underPressure)
-  }
 
-  const verify = optionalFunction<NonNullable<PoolConfig['verify']>>(opts, 'verify')
-  const onConnect = optionalFunction<NonNullable<PoolConfig['onConnect']>>(opts, 'onConnect')
+  const lifetime = has('maxLifetimeMs') || !has('maxLifetimeSeconds') ? get('maxLifetimeMs') : get('maxLifetimeSeconds') * 1000
+  const verify = has('verify') ? get('verify') : undefined
+  const onConnect = has('onConnect') ? get('onConnect') : undefined
 
   return {
-    client,
-    Client: optionalFunction<ResolvedOptions['Client']>(opts, 'Client') ?? DefaultClient,
+    client: client as ClientConfig,
+    Client: has('Client') ? get('Client') : DefaultClient,
     max,
     min,
-    idleTimeoutMs: idle === 0 ? Infinity : idle,
-    maxUses,
-    maxLifetimeMs: lifetime === 0 ? Infinity : lifetime,
-    maxLifetimeJitter: jitter,
-    allowExitOnIdle: opts.allowExitOnIdle === true,
-    connectTimeoutMs: num(opts, 'connectionTimeoutMillis', 0, nonNegative, msOrZero),
-    pingIdleMs: pingIdle === false ? Infinity : (pingIdle ?? defaults.pingIdleMs),
-    pingTimeoutMs: num(opts, 'pingTimeoutMs', defaults.pingTimeoutMs, positive, msAboveZero),
-    acquireTimeoutMs: num(opts, 'acquireTimeoutMs', defaults.acquireTimeoutMs, positive, msAboveZero),
-    closeTimeoutMs: num(opts, 'closeTimeoutMs', defaults.closeTimeoutMs, nonNegative, msOrZero),
-    maxWaiting,
+    idleTimeoutMs: orOff(get('idleTimeoutMillis'), Infinity),
+    maxUses: get('maxUses'),
+    maxLifetimeMs: orOff(lifetime, Infinity),
+    maxLifetimeJitter: get('maxLifetimeJitter'),
+    allowExitOnIdle: get('allowExitOnIdle'),
+    connectTimeoutMs: get('connectionTimeoutMillis'),
+    pingIdleMs: get('pingIdleMs') === false ? Infinity : get('pingIdleMs') as number,
+    pingTimeoutMs: get('pingTimeoutMs'),
+    acquireTimeoutMs: get('acquireTimeoutMs'),
+    closeTimeoutMs: get('closeTimeoutMs'),
+    maxWaiting: has('maxWaiting') ? get('maxWaiting') : 2 * max,
     sessionReset,
     statementTimeoutMs,
     pgbouncer,
     pooling,
-    leakDetectionMs: leak === false ? 0 : (leak ?? defaults.leakDetectionMs),
-    underPressure,
+    leakDetectionMs: orOff(get('leakDetectionMs'), 0),
+    underPressure: get('underPressure'),
     onConnect: verify === undefined
       ? onConnect
       : async (c) => {

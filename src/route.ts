@@ -1,7 +1,7 @@
 import type { RouteOptions } from 'fastify'
 import { PgInvalidOptionError } from './errors.js'
-import { statementTimeout } from './options.js'
-import { checkTransactionOptions, type TransactionOptions } from './request-db.js'
+import { closest, OPTIONS } from './options.js'
+import type { TransactionOptions } from './request-db.js'
 
 /** Route config: `{ config: { pgPool: { ... } } }`. */
 export interface PgRouteConfig {
@@ -42,6 +42,26 @@ export function routeSettings (config: PgRouteConfig | undefined): RouteSettings
   return settings
 }
 
+const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs']
+// Typed so that the list follows TransactionOptions (request-db.ts checks the same at run time).
+const ISOLATION_LEVELS: Record<NonNullable<TransactionOptions['isolationLevel']>, true> = {
+  serializable: true, 'repeatable read': true, 'read committed': true, 'read uncommitted': true
+}
+const TRANSACTION_KEYS: Record<keyof TransactionOptions, true> = { isolationLevel: true, readOnly: true, deferrable: true }
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  v !== null && typeof v === 'object' && [Object.prototype, null].includes(Object.getPrototypeOf(v))
+
+/** A route option's value as written (route config holds no secrets): JSON where it can be. */
+function show (value: unknown): string {
+  if (typeof value === 'bigint') return `${value}n`
+  try {
+    const json = JSON.stringify(value)
+    if (json !== undefined) return json
+  } catch {}
+  return typeof value === 'object' && value !== null ? 'an object' : String(value)
+}
+
 /**
  * Validates a route's `config.pgPool` when the route is added (a typo fails at startup, not on
  * a request), and gives a transactional route the hook that ends its transaction.
@@ -49,24 +69,42 @@ export function routeSettings (config: PgRouteConfig | undefined): RouteSettings
 export function setupRoute (route: RouteOptions, endTransaction: NonNullable<RouteOptions['onSend']>): void {
   const config = (route.config as { pgPool?: unknown } | undefined)?.pgPool
   if (config === undefined) return
+  const where = `(route ${route.method.toString()} ${route.url})`
   const fail = (name: string, expected: string, value: unknown): never => {
-    throw new PgInvalidOptionError(name === '' ? 'config.pgPool' : `config.pgPool.${name}`, `${expected} (route ${route.method.toString()} ${route.url})`, JSON.stringify(value) ?? String(value))
+    throw new PgInvalidOptionError(`config.pgPool${name}`, `${expected} ${where}`, show(value))
   }
-  if (config === null || typeof config !== 'object') return fail('', 'an object', config)
+  const known = (object: Record<string, unknown>, keys: string[], prefix: string): void => {
+    for (const key of Object.keys(object)) {
+      if (keys.includes(key) || object[key] === undefined) continue
+      const near = closest(key, keys)
+      throw new PgInvalidOptionError(`config.pgPool${prefix}.${key}`, `a known option${near === undefined ? '' : ` (did you mean \`${near}\`?)`} ${where}`, 'an unknown key')
+    }
+  }
+  if (!isObject(config)) return fail('', 'an object', config)
+  known(config, ROUTE_KEYS, '')
   const { shedding, transaction, statementTimeoutMs } = config as PgRouteConfig
-  if (shedding !== undefined && typeof shedding !== 'boolean') fail('shedding', 'true or false', shedding)
+  if (shedding !== undefined && typeof shedding !== 'boolean') fail('.shedding', 'true or false', shedding)
   let begin: TransactionOptions | undefined
   if (transaction === true) begin = {}
   else if (transaction !== undefined && transaction !== false) {
-    if (transaction === null || typeof transaction !== 'object') fail('transaction', 'true, false or transaction options', transaction)
-    checkTransactionOptions(transaction)
-    begin = transaction
+    if (!isObject(transaction)) return fail('.transaction', 'true, false or transaction options', transaction)
+    known(transaction, Object.keys(TRANSACTION_KEYS), '.transaction')
+    const { isolationLevel, readOnly, deferrable } = transaction as TransactionOptions
+    if (isolationLevel !== undefined && !Object.hasOwn(ISOLATION_LEVELS, isolationLevel)) {
+      fail('.transaction.isolationLevel', `one of ${Object.keys(ISOLATION_LEVELS).join(', ')}`, isolationLevel)
+    }
+    if (readOnly !== undefined && typeof readOnly !== 'boolean') fail('.transaction.readOnly', 'true or false', readOnly)
+    if (deferrable !== undefined && typeof deferrable !== 'boolean') fail('.transaction.deferrable', 'true or false', deferrable)
+    begin = { ...transaction }
+  }
+  if (statementTimeoutMs !== undefined && !OPTIONS.statementTimeoutMs.kind.test(statementTimeoutMs)) {
+    fail('.statementTimeoutMs', OPTIONS.statementTimeoutMs.kind.expected, statementTimeoutMs)
   }
   const own: PgRouteConfig = { ...config }
   route.config = { ...route.config, pgPool: own }
   settingsOf.set(own, {
     transaction: begin,
-    statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeout(statementTimeoutMs, 'config.pgPool.statementTimeoutMs')
+    statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeoutMs || 0
   })
   if (begin !== undefined) {
     // After the route's own onSend hooks: they may still change the status.

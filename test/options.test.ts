@@ -2,9 +2,12 @@
  * Options are validated once, at register time: a wrong type or range fails with
  * FST_PG_INVALID_OPTION naming the option and the value received, and never echoes a password.
  */
+import { readFile } from 'node:fs/promises'
 import Fastify from 'fastify'
+import pg from 'pg'
 import t from 'tap'
 import pgPool, { PgInvalidOptionError, type PgPoolOptions } from '../src/index.js'
+import { OPTIONS, REFUSED, resolveOptions } from '../src/options.js'
 
 async function registerError (options: unknown): Promise<Error & { code?: string }> {
   const app = Fastify()
@@ -88,4 +91,135 @@ t.test('valid options are not mutated and leave no trace in JSON', async (t) => 
   t.notMatch(JSON.stringify(app.pg.stats()), 'hunter2')
   t.notMatch(JSON.stringify(app.pg.pool), 'hunter2')
   await app.close()
+})
+
+// Values that pg takes and then crashes on (or fails every request with) at the first query.
+const pgCases: Array<[Record<string, unknown>, RegExp]> = [
+  [{ types: {} }, /`types`.*getTypeParser.*an object/],
+  [{ types: '5' }, /`types`.*`5` \(string\)/],
+  [{ types: { getTypeParser: () => 5 } }, /`types`.*returning parsers/],
+  [{ options: 5 }, /`options`.*a string.*a value of type number/],
+  [{ statement_timeout: Symbol('s') }, /`statement_timeout`.*or false.*`Symbol\(s\)` \(symbol\)/],
+  [{ keepAliveInitialDelayMillis: Symbol('s') }, /`keepAliveInitialDelayMillis`.*`Symbol\(s\)` \(symbol\)/],
+  [{ query_timeout: 1e12 }, /`query_timeout`.*to 2147483647, or false.*`1000000000000` \(number\)/],
+  [{ lock_timeout: -1 }, /`lock_timeout`/],
+  [{ idle_in_transaction_session_timeout: '5s' }, /`idle_in_transaction_session_timeout`.*`5s` \(string\)/],
+  [{ pingIdleMs: 1.5 }, /`pingIdleMs`.*whole number/],
+  [{ port: -1 }, /`port`.*from 1 to 65535.*`-1` \(number\)/],
+  [{ port: 70000 }, /`port`.*`70000` \(number\)/],
+  [{ port: 'abc' }, /`port`.*`abc` \(string\)/],
+  [{ port: 10n }, /`port`.*`10` \(bigint\)/],
+  [{ ssl: 'yes' }, /`ssl`.*true, false, or tls\.connect options.*`yes` \(string\)/],
+  [{ ssl: [] }, /`ssl`.*an array/],
+  [{ sslnegotiation: 'Postgres' }, /`sslnegotiation`.*'postgres' or 'direct'/],
+  [{ sslnegotiation: 'direct' }, /`sslnegotiation`.*unless `ssl` is on/],
+  [{ stream: {} }, /`stream`.*a function returning a new stream/],
+  [{ client_encoding: 'latin1' }, /`client_encoding`.*'UTF8'/],
+  [{ binary: 'yes' }, /`binary`.*true or false/],
+  [{ scramMaxIterations: 0 }, /`scramMaxIterations`.*at least 1/],
+  [{ fallback_application_name: 1e21 }, /`fallback_application_name`.*a string/],
+  [{ application_name: null }, /`application_name`.*`null` \(null\)/],
+  [{ connectionString: '' }, /`connectionString`.*not empty/],
+  [{ host: '' }, /`host`.*not empty/],
+  [{ allowExitOnIdle: 'yes' }, /`allowExitOnIdle`.*true or false/],
+  [{ underPressure: [] }, /`underPressure`.*an array/],
+  [{ Client: class {} }, /`Client`.*connect, query, end and on/],
+  [{ Client: () => {} }, /`Client`.*a class like pg\.Client/],
+  [{ pooling: false, min: 1 }, /`min`.*0 when pooling is false/],
+  [{ statementTimeoutMs: 100, statement_timeout: 100 }, /`statement_timeout`.*unset when statementTimeoutMs is given/]
+]
+
+// Keys pg or pg-pool accept that the plugin does not support: refused with the reason.
+const refusedCases: Array<[Record<string, unknown>, RegExp]> = [
+  [{ log: () => {} }, /`log`.*unset \(not used: the plugin logs through Fastify's logger/],
+  [{ Promise }, /`Promise`.*unset \(not supported: pg deprecates custom Promise/],
+  [{ native: true }, /`native`.*pg-native's client class as `Client`/],
+  [{ pg: {} }, /`pg`.*not supported/],
+  [{ name: 'primary' }, /`name`.*not supported yet/],
+  [{ connection: {} }, /`connection`.*not supported/],
+  [{ replication: 'database' }, /`replication`.*not supported/],
+  [{ poolSize: 5 }, /`poolSize`.*use `max`/],
+  [{ sslmode: 'require' }, /`sslmode`.*`connectionString` \(\?sslmode=\.\.\.\).*`ssl`/],
+  [{ connect_timeout: 5 }, /`connect_timeout`.*`connectionTimeoutMillis`/],
+  [{ transaction: true }, /`transaction`.*a route option/],
+  [{ maxEventLoopDelay: 1000 }, /`maxEventLoopDelay`.*`underPressure: \{ maxEventLoopDelay \}`/]
+]
+
+// Misspelt and unknown keys: refused, with the closest known key; the value is never shown.
+const unknownCases: Array<[Record<string, unknown>, RegExp]> = [
+  [{ pingIdelMs: 1000 }, /`pingIdelMs` to be a known option \(did you mean `pingIdleMs`\?\), got an unknown key/],
+  [{ maxWaitng: 5 }, /did you mean `maxWaiting`/],
+  [{ idleTimeoutMs: 1000 }, /did you mean `idleTimeoutMillis`/],
+  [{ applicationName: 'x' }, /did you mean `application_name`/],
+  [{ MAX: 3 }, /did you mean `max`/],
+  [{ pasword: 'hunter2' }, /`pasword`.*did you mean `password`/],
+  [{ fuzzKey: 1 }, /`fuzzKey` to be a known option, got an unknown key/]
+]
+
+for (const [options, message] of [...pgCases, ...refusedCases, ...unknownCases]) {
+  t.test(`rejects ${Object.keys(options).join(', ')}: ${String(Object.values(options)[0]).slice(0, 20)}`, async (t) => {
+    const error = await registerError(options)
+    t.equal(error.code, 'FST_PG_INVALID_OPTION')
+    t.match(error.message, message)
+    t.notMatch(error.message, /hunter2/, 'no password in the message')
+  })
+}
+
+t.test('accepted: what pg accepts and works, Fastify\'s own register options, undefined as absent', async (t) => {
+  for (const options of [
+    { port: '5432' },
+    { port: 65535, ssl: false, sslnegotiation: 'postgres' },
+    { ssl: Object.create(null), sslnegotiation: 'direct' },
+    { idleTimeoutMillis: null },
+    { client_encoding: 'utf-8', types: pg.types, stream: () => null, pipeline: false, binary: false },
+    { query_timeout: false, statement_timeout: 0, lock_timeout: 2 ** 31 - 1, keepAliveInitialDelayMillis: 0 },
+    { Client: pg.Client, prefix: '/db', logLevel: 'warn' },
+    { pingIdelMs: undefined, max: undefined, log: undefined },
+    { maxLifetimeSeconds: 1.5 },
+    { pooling: false, min: 0, maxWaiting: 3, sessionReset: 'always', statementTimeoutMs: 100 },
+    { pgbouncer: true, pooling: true, onConnect: () => {}, verify: () => {} }
+  ]) {
+    const app = Fastify()
+    await t.resolves(async () => { await app.register(pgPool, { connectionString: 'postgres://u:p@127.0.0.1:1/db', ...options } as PgPoolOptions) }, JSON.stringify(options))
+    await app.close()
+  }
+})
+
+t.test('no options at all: the defaults', async (t) => {
+  const resolved = resolveOptions(undefined, pg.Client)
+  t.match(resolved, { max: 10, min: 0, maxWaiting: 20, pingIdleMs: 1000, sessionReset: 'auto', client: { keepAlive: true, fallback_application_name: 'fastify-pg-pool' } })
+  t.same(resolveOptions({ pgbouncer: true }, pg.Client).sessionReset, false, 'no session reset behind PgBouncer')
+})
+
+t.test('a route config: a misspelt key or a wrong value fails when the route is added, naming the route', async (t) => {
+  const app = Fastify()
+  await app.register(pgPool, { connectionString: 'postgres://u:p@127.0.0.1:1/db' })
+  t.teardown(() => app.close())
+  const add = (url: string, pgPool: unknown) => () => app.post(url, { config: { pgPool: pgPool as never } }, async () => 'x')
+  t.throws(add('/a', { transacton: true }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transacton` to be a known option \(did you mean `transaction`\?\) \(route POST \/a\)/ })
+  t.throws(add('/b', { statementTimeoutMs: 'soon' }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.statementTimeoutMs`.*\(route POST \/b\), got "soon"/ })
+  t.throws(add('/c', { statementTimeoutMs: 10n }), { code: 'FST_PG_INVALID_OPTION', message: /\(route POST \/c\), got 10n/ })
+  t.throws(add('/d', { transaction: { isolation: 'serializable' } }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction\.isolation`.*did you mean `isolationLevel`.*POST \/d/ })
+  t.throws(add('/e', { transaction: { isolationLevel: 'chaos' } }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction\.isolationLevel`.*one of serializable.*POST \/e.*"chaos"/ })
+  t.throws(add('/f', { transaction: { deferrable: 1 } }), { code: 'FST_PG_INVALID_OPTION', message: /transaction\.deferrable.*POST \/f/ })
+  t.throws(add('/g', { transaction: [] }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction`.*POST \/g/ })
+  t.throws(add('/h', Object.create(null, { x: { value: 1, enumerable: true } })), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.x`/ })
+  t.throws(add('/i', { shedding: Object.create(null) }), { code: 'FST_PG_INVALID_OPTION', message: /got \{\}/ })
+  t.throws(add('/i2', 'on'), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool` to be an object \(route POST \/i2\), got "on"/ })
+  t.throws(add('/j', { shedding: Symbol('s') }), { code: 'FST_PG_INVALID_OPTION', message: /got Symbol\(s\)/ })
+  const circular: Record<string, unknown> = {}
+  circular.self = circular
+  t.throws(add('/k', { transaction: circular }), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool\.transaction\.self`.*an unknown key/ })
+  t.throws(add('/l', { shedding: circular }), { code: 'FST_PG_INVALID_OPTION', message: /got an object/ })
+  t.throws(add('/m', { transaction: { readOnly: 'yes' } }), { code: 'FST_PG_INVALID_OPTION', message: /transaction\.readOnly.*POST \/m/ })
+  t.doesNotThrow(add('/ok', { transaction: { readOnly: true }, shedding: undefined, statementTimeoutMs: false }))
+  t.doesNotThrow(add('/ok2', { transaction: true, statementTimeoutMs: 100 }))
+  t.doesNotThrow(() => app.post('/ok3', { config: { pgPool: { transaction: true } }, onSend: async (_req, _reply, payload) => payload }, async () => 'x'))
+  t.doesNotThrow(() => app.post('/plain', async () => 'x'))
+})
+
+t.test('the README lists every accepted and every refused key', async (t) => {
+  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8')
+  const section = readme.slice(readme.indexOf('\n## Options'), readme.indexOf('\n## ', readme.indexOf('\n## Options') + 1))
+  for (const key of [...Object.keys(OPTIONS), ...Object.keys(REFUSED)]) t.match(section, `\`${key}\``, key)
 })
