@@ -1,7 +1,7 @@
 import type { RouteOptions } from 'fastify'
 import { PgInvalidOptionError } from './errors.js'
 import { closest, OPTIONS } from './options.js'
-import type { TransactionOptions } from './request-db.js'
+import { checkTransactionOptions, type TransactionOptions } from './transaction.js'
 
 /** Route config: `{ config: { pgPool: { ... } } }`. */
 export interface PgRouteConfig {
@@ -43,11 +43,6 @@ export function routeSettings (config: PgRouteConfig | undefined): RouteSettings
 }
 
 const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs']
-// Typed so that the list follows TransactionOptions (request-db.ts checks the same at run time).
-const ISOLATION_LEVELS: Record<NonNullable<TransactionOptions['isolationLevel']>, true> = {
-  serializable: true, 'repeatable read': true, 'read committed': true, 'read uncommitted': true
-}
-const TRANSACTION_KEYS: Record<keyof TransactionOptions, true> = { isolationLevel: true, readOnly: true, deferrable: true }
 
 const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && [Object.prototype, null].includes(Object.getPrototypeOf(v))
@@ -88,13 +83,7 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
   if (transaction === true) begin = {}
   else if (transaction !== undefined && transaction !== false) {
     if (!isObject(transaction)) return fail('.transaction', 'true, false or transaction options', transaction)
-    known(transaction, Object.keys(TRANSACTION_KEYS), '.transaction')
-    const { isolationLevel, readOnly, deferrable } = transaction as TransactionOptions
-    if (isolationLevel !== undefined && !Object.hasOwn(ISOLATION_LEVELS, isolationLevel)) {
-      fail('.transaction.isolationLevel', `one of ${Object.keys(ISOLATION_LEVELS).join(', ')}`, isolationLevel)
-    }
-    if (readOnly !== undefined && typeof readOnly !== 'boolean') fail('.transaction.readOnly', 'true or false', readOnly)
-    if (deferrable !== undefined && typeof deferrable !== 'boolean') fail('.transaction.deferrable', 'true or false', deferrable)
+    checkTransactionOptions(transaction, 'config.pgPool.transaction', ` ${where}`)
     begin = { ...transaction }
   }
   if (statementTimeoutMs !== undefined && !OPTIONS.statementTimeoutMs.kind.test(statementTimeoutMs)) {

@@ -1,4 +1,5 @@
 import { PgInvalidOptionError, PgTransactionAbortedError, PgTransactionControlError, PgTransactionEndedEarlyError } from './errors.js'
+import { closest } from './options.js'
 
 /**
  * Transactions on one connection as the plugin sees them on the wire: a stack of frames, one per
@@ -26,16 +27,30 @@ export interface TransactionOptions {
   deferrable?: boolean
 }
 
-const ISOLATION_LEVELS = new Set(['serializable', 'repeatable read', 'read committed', 'read uncommitted'])
+// Typed so that the lists follow TransactionOptions.
+const ISOLATION_LEVELS: Record<NonNullable<TransactionOptions['isolationLevel']>, true> = {
+  serializable: true, 'repeatable read': true, 'read committed': true, 'read uncommitted': true
+}
+const KEYS: Record<keyof TransactionOptions, true> = { isolationLevel: true, readOnly: true, deferrable: true }
 
-/** Throws a coded error for options `begin()` cannot turn into SQL. */
-export function checkTransactionOptions ({ isolationLevel, readOnly, deferrable }: TransactionOptions): void {
-  if (isolationLevel !== undefined && !ISOLATION_LEVELS.has(isolationLevel)) {
-    throw new PgInvalidOptionError('isolationLevel', `one of ${[...ISOLATION_LEVELS].join(', ')}`, `\`${String(isolationLevel)}\``)
+/**
+ * Throws a coded error for options `begin()` cannot turn into SQL: an unknown key (with the
+ * closest known one), a value of the wrong kind. `name` is where they were given
+ * (`config.pgPool.transaction`), `where` ends every message (the route).
+ */
+export function checkTransactionOptions (options: TransactionOptions, name = '', where = ''): void {
+  const fail = (key: string, expected: string, value: unknown): never => {
+    throw new PgInvalidOptionError(name === '' ? key : `${name}.${key}`, `${expected}${where}`, typeof value === 'string' ? JSON.stringify(value) : String(value))
   }
-  for (const [name, value] of [['readOnly', readOnly], ['deferrable', deferrable]] as const) {
-    if (value !== undefined && typeof value !== 'boolean') throw new PgInvalidOptionError(name, 'true or false', `\`${String(value)}\``)
+  for (const [key, value] of Object.entries(options)) {
+    if (Object.hasOwn(KEYS, key) || value === undefined) continue
+    const near = closest(key, Object.keys(KEYS))
+    throw new PgInvalidOptionError(name === '' ? key : `${name}.${key}`, `a transaction option${near === undefined ? '' : ` (did you mean \`${near}\`?)`}${where}`, 'an unknown key')
   }
+  const { isolationLevel, readOnly, deferrable } = options
+  if (isolationLevel !== undefined && !Object.hasOwn(ISOLATION_LEVELS, isolationLevel)) fail('isolationLevel', `one of ${Object.keys(ISOLATION_LEVELS).join(', ')}`, isolationLevel)
+  if (readOnly !== undefined && typeof readOnly !== 'boolean') fail('readOnly', 'true or false', readOnly)
+  if (deferrable !== undefined && typeof deferrable !== 'boolean') fail('deferrable', 'true or false', deferrable)
 }
 
 function begin ({ isolationLevel, readOnly, deferrable }: TransactionOptions): string {
