@@ -10,6 +10,8 @@ import { routeSettings, setupRoute, type PgRouteConfig } from './route.js'
 
 export {
   PgAcquireTimeoutError,
+  PgCommitUnknownError,
+  PgConnectionLostError,
   PgDoubleReleaseError,
   PgInvalidOptionError,
   PgNotReadyError,
@@ -20,6 +22,9 @@ export {
   PgRequestEndedError,
   PgSessionStateError,
   PgTransactionAbortedError,
+  PgTransactionControlError,
+  PgTransactionEndedEarlyError,
+  PgTransactionScopeError,
   PgUnavailableError,
   isConnectionError
 } from './errors.js'
@@ -28,7 +33,8 @@ export type { PgPool, PoolCounts, PoolStats } from './pool.js'
 export type { PoolCounters, Summary } from './metrics.js'
 export type { Pressure } from './pressure.js'
 export type { PgRouteConfig } from './route.js'
-export type { RequestDb, TransactionOptions } from './request-db.js'
+export type { RequestDb } from './request-db.js'
+export type { TransactionOptions } from './transaction.js'
 
 /** `fastify.pg` */
 export interface PgDecorator extends Pressure {

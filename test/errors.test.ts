@@ -20,12 +20,17 @@ t.test('isConnectionError: the connection is gone or in an unknown state', async
     new Error('Connection terminated'),
     new Error('Client has encountered a connection error and is not queryable'),
     { code: '57P05' }, // idle_session_timeout
-    { code: '25P03' } // idle_in_transaction_session_timeout
+    { code: '25P03' }, // idle_in_transaction_session_timeout
+    { code: '57P01', severity: 'FATAL' },
+    { code: 'XX000', severity: 'PANIC' },
+    { code: 'FST_PG_CONNECTION_LOST' }, // the plugin's own, coded
+    { code: 'FST_PG_COMMIT_UNKNOWN' }
   ]
   const no = [
     { code: '23505' }, // unique_violation
     { code: '57014' }, // query_canceled (statement_timeout): the session is fine
     { code: '40001' }, // serialization_failure
+    { code: '08P01', severity: 'ERROR' }, // a wrong parameter count: the server says the session is fine
     new Error('Query read timeout'), // pg's query_timeout: that client is destroyed, the server is fine
     new Error('relation "x" does not exist'),
     { code: 42 },
