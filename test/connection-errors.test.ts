@@ -130,10 +130,10 @@ t.test('a connection lost while the statement ran: FST_PG_CONNECTION_LOST, 500 (
   const app = await buildApp(t, db)
   app.get('/', async (req) => {
     const { rows: [{ pid }] } = await req.db.query('select pg_backend_pid() as pid')
-    const running = req.db.query('select pg_sleep(5)')
+    const running = req.db.query('select pg_sleep(5)').then(() => new Error('not terminated'), (error: Error) => error)
     await until(async () => (await db.admin("select 1 from pg_stat_activity where pid = $1 and state = 'active'", [pid])).rowCount === 1, 'the statement runs')
     await terminate(pid)
-    return await running
+    throw await running
   })
   const res = await app.inject('/')
   t.equal(res.statusCode, 500)
