@@ -12,10 +12,10 @@
 // Every statement the checks below flag contains one of these.
 const CANDIDATE = /set|listen|prepare|declare|load|discard|temp|advisory|\bdo\b/i
 
-// Sent as its own statement, these change the session: SET (not SET LOCAL, which ends with the
-// transaction, but telling them apart is not worth it), RESET, LISTEN, PREPARE, DECLARE (WITH
-// HOLD cursors), LOAD, DISCARD.
-const STARTERS = new Set(['set', 'reset', 'listen', 'prepare', 'declare', 'load', 'discard'])
+// Sent as its own statement, these change the session: SET (but not SET LOCAL, SET TRANSACTION
+// or SET CONSTRAINTS, which end with the transaction), RESET, LISTEN, PREPARE, LOAD, DISCARD.
+const STARTERS = new Set(['set', 'reset', 'listen', 'prepare', 'load', 'discard'])
+const TRANSACTION_SET = new Set(['local', 'transaction', 'constraints'])
 const SESSION_LOCKS = new Set(['pg_advisory_lock', 'pg_advisory_lock_shared', 'pg_try_advisory_lock', 'pg_try_advisory_lock_shared'])
 const TEMP = new Set(['temp', 'temporary'])
 const SCOPE = new Set(['global', 'local'])
@@ -23,7 +23,7 @@ const SCOPE = new Set(['global', 'local'])
 const NOT_A_NAME = new Set(['from', 'where', 'group', 'having', 'window', 'order', 'limit', 'offset', 'fetch', 'for', 'union', 'intersect', 'except'])
 const TEMP_SCHEMA = /^pg_temp(?:_\d+)?$/
 // Inside a DO block's body (PL/pgSQL, strings it EXECUTEs): any of these words, loosely.
-const DO_BODY = /\b(?:set|reset|listen|prepare|declare|load|discard|temp|temporary|set_config|pg_settings|pg_temp(?:_\d+)?|pg_(?:try_)?advisory_lock(?:_shared)?)\b/i
+const DO_BODY = /\b(?:set|reset|listen|prepare|load|discard|hold|temp|temporary|set_config|pg_settings|pg_temp(?:_\d+)?|pg_(?:try_)?advisory_lock(?:_shared)?)\b/i
 
 export function changesSession (statement: unknown): boolean {
   const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
@@ -43,11 +43,13 @@ function changes (tokens: string[]): boolean {
 /** The statement starting at `i` changes the session by what it is. */
 function starts (tokens: string[], i: number): boolean {
   const token = tokens[i]!
+  if (token === 'set') return !TRANSACTION_SET.has(tokens[i + 1]!)
   if (STARTERS.has(token)) return true
-  if (token !== 'do') return false
-  // DO: what its body may run.
+  if (token !== 'declare' && token !== 'do') return false
+  // DECLARE: a cursor WITH HOLD outlives its transaction; DO: what its body may run.
   for (let j = i + 1; j < tokens.length && tokens[j] !== ';'; j++) {
-    if (tokens[j]!.startsWith("'") && DO_BODY.test(tokens[j]!)) return true
+    if (token === 'declare' && tokens[j] === 'hold' && tokens[j - 1] === 'with') return true
+    if (token === 'do' && tokens[j]!.startsWith("'") && DO_BODY.test(tokens[j]!)) return true
   }
   return false
 }
@@ -80,7 +82,24 @@ function anywhere (tokens: string[], i: number): boolean {
   }
   const called = name(token)
   return (TEMP_SCHEMA.test(called) && at(i + 1) === '.') || // anything made in pg_temp, pg_temp_N
-    SESSION_LOCKS.has(called) || called === 'set_config'
+    SESSION_LOCKS.has(called) ||
+    (called === 'set_config' && at(i + 1) === '(' && !localConfig(tokens, i + 2))
+}
+
+/**
+ * The arguments of set_config starting at `i` end with a literal `true` (is_local), or never end
+ * (the server refuses the statement).
+ */
+function localConfig (tokens: string[], i: number): boolean {
+  let depth = 0
+  let commas = 0
+  for (let j = i; j < tokens.length; j++) {
+    const token = tokens[j]
+    if (token === '(') depth++
+    else if (token === ')' && depth-- === 0) return commas === 2 && tokens[j - 1] === 'true' && tokens[j - 2] === ','
+    else if (token === ',' && depth === 0) commas++
+  }
+  return true
 }
 
 /** A word or quoted identifier as the name it stands for; '' for anything else. */

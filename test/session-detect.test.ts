@@ -132,7 +132,11 @@ const ordinary = [
   "select E'\\'; set role tenant_reader' as v",
   'select 1 as "set"; select "temp" from temperature as "pg_temp"',
   "select to_regclass('pg_temp.y') as v",
-  'select pg_advisory_xact_lock(1)'
+  'select pg_advisory_xact_lock(1)',
+  "select set_config('app.tenant_id', concat('4', '2'), true)",
+  "begin; set local statement_timeout = '5s'; set local role tenant_reader; set transaction read only; select 1; commit",
+  'begin; declare c cursor for select 1; fetch c; commit',
+  "select set_config('app.tenant_id', '42', false" // refused by the server: nothing ran
 ]
 
 for (const statement of ordinary) {
@@ -140,11 +144,10 @@ for (const statement of ordinary) {
     const app = await buildApp(t, db, { max: 1 })
     app.get('/', async (req) => {
       await req.db.query({ name: 'kept', text: 'select 1' })
-      await req.db.query(statement)
-      return 'ok'
+      return await req.db.query(statement).then(() => 'ok', (e: { code: string }) => e.code)
     })
     app.get('/check', async (req) => (await req.db.query("select count(*)::int as n, current_user::text as role from pg_prepared_statements where name = 'kept'")).rows[0])
-    t.equal((await app.inject('/')).body, 'ok')
+    t.equal((await app.inject('/')).body, statement.endsWith('false') ? '42601' : 'ok')
     await assertReturned(t, app, db)
     t.same((await app.inject('/check')).json(), { n: 1, role: 'postgres' }, 'the prepared statement survived: no DISCARD ALL ran')
   })
@@ -156,7 +159,7 @@ t.test('behind PgBouncer: the same forms are refused outside a transaction, and 
   for (const sql of ['select 1 as x into temp scratch', 'create table pg_temp.scratch (x int)', "update pg_settings set setting = '1s' where name = 'lock_timeout'"]) {
     t.equal(await code(sql), 'FST_PG_SESSION_STATE', sql)
   }
-  for (const sql of ["select 'set role tenant_reader' as v", 'select temp from temperature']) {
+  for (const sql of ["select set_config('app.tenant_id', '42', true)", "select 'set role tenant_reader' as v", 'select temp from temperature']) {
     t.equal(await code(sql), 'ok', sql)
   }
   app.get('/', async (req) => await req.db.transaction(async (tx) => {
