@@ -9,8 +9,10 @@
  * table, calls set_config or takes an advisory lock, is what `sessionReset: 'always'` is for.
  */
 
-// Every statement the checks below flag contains one of these.
-const CANDIDATE = /set|listen|prepare|declare|load|discard|temp|advisory|\bdo\b/i
+// Every statement the checks below flag matches this: one of the statements that change the
+// session by what they are, at the start of the text or after a `;` or a comment; or one of the
+// words they look for anywhere. Most statements do not, and are not split into tokens.
+const CANDIDATE = /(?:^|;|\*\/|--[^\n\r]*[\n\r])\s*(?:set|reset|listen|prepare|declare|load|discard|do)\b|\btemp(?:orary)?\b|pg_temp|pg_settings|set_config|advisory_lock/i
 
 // Sent as its own statement, these change the session: SET (but not SET LOCAL, SET TRANSACTION
 // or SET CONSTRAINTS, which end with the transaction), RESET, LISTEN, PREPARE, LOAD, DISCARD.
@@ -56,34 +58,35 @@ function starts (tokens: string[], i: number): boolean {
 
 /** The tokens at `i` change the session wherever they stand in a statement. */
 function anywhere (tokens: string[], i: number): boolean {
-  const token = tokens[i]!
-  const at = (j: number): string => tokens[j] ?? ''
-  switch (token) {
+  switch (tokens[i]) {
     case 'create': { // CREATE [ OR REPLACE ] [ GLOBAL | LOCAL ] { TEMP | TEMPORARY } ...
       let j = i + 1
-      if (at(j) === 'or' && at(j + 1) === 'replace') j += 2
-      if (SCOPE.has(at(j))) j++
-      return TEMP.has(at(j))
+      if (at(tokens, j) === 'or' && at(tokens, j + 1) === 'replace') j += 2
+      if (SCOPE.has(at(tokens, j))) j++
+      return TEMP.has(at(tokens, j))
     }
     case 'into': { // SELECT ... INTO [ GLOBAL | LOCAL ] { TEMP | TEMPORARY } [ TABLE ] name
-      if (at(i - 1) === 'insert' || at(i - 1) === 'merge') return false
+      if (at(tokens, i - 1) === 'insert' || at(tokens, i - 1) === 'merge') return false
       let j = i + 1
-      if (SCOPE.has(at(j))) j++
-      if (!TEMP.has(at(j++))) return false
-      if (at(j) === 'table') j++
-      return at(j).startsWith('"') || (/^[a-z_\u0080-\uffff]/.test(at(j)) && !NOT_A_NAME.has(at(j)))
+      if (SCOPE.has(at(tokens, j))) j++
+      if (!TEMP.has(at(tokens, j++))) return false
+      if (at(tokens, j) === 'table') j++
+      const next = at(tokens, j)
+      return next.startsWith('"') || (/^[a-z_\u0080-\uffff]/.test(next) && !NOT_A_NAME.has(next))
     }
     case 'update': { // UPDATE [ ONLY ] [ pg_catalog. ] pg_settings: the same as SET
       let j = i + 1
-      if (at(j) === 'only') j++
-      if (name(at(j)) === 'pg_catalog' && at(j + 1) === '.') j += 2
-      return name(at(j)) === 'pg_settings'
+      if (at(tokens, j) === 'only') j++
+      if (name(at(tokens, j)) === 'pg_catalog' && at(tokens, j + 1) === '.') j += 2
+      return name(at(tokens, j)) === 'pg_settings'
     }
+    case 'set_config':
+    case '"set_config':
+      return at(tokens, i + 1) === '(' && !localConfig(tokens, i + 2)
   }
-  const called = name(token)
-  return (TEMP_SCHEMA.test(called) && at(i + 1) === '.') || // anything made in pg_temp, pg_temp_N
-    SESSION_LOCKS.has(called) ||
-    (called === 'set_config' && at(i + 1) === '(' && !localConfig(tokens, i + 2))
+  const called = name(tokens[i]!)
+  return called.startsWith('pg_') &&
+    ((TEMP_SCHEMA.test(called) && at(tokens, i + 1) === '.') || SESSION_LOCKS.has(called)) // made in pg_temp, pg_temp_N
 }
 
 /**
@@ -102,40 +105,74 @@ function localConfig (tokens: string[], i: number): boolean {
   return true
 }
 
-/** A word or quoted identifier as the name it stands for; '' for anything else. */
+const at = (tokens: string[], j: number): string => tokens[j] ?? ''
+
+/** A quoted identifier as the name it stands for. */
 function name (token: string): string {
-  if (token.startsWith('"')) return token.slice(1)
-  return /^[a-z_\u0080-\uffff]/.test(token) ? token : ''
+  return token.startsWith('"') ? token.slice(1) : token
 }
 
-// One token at a time: white space or a line comment (1), the start of a block comment (2), a
-// string literal, E'', dollar-quoted (3, its tag 4), a quoted identifier (5), a word (6), or else
-// a number, a parameter, one character. An unterminated one runs to the end (the server refuses
-// such a text anyway).
-const TOKEN = /(\s+|--[^\n\r]*)|(\/\*)|([eE]'(?:[^'\\]|\\[\s\S]|'')*'?|(\$(?:[A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$)[\s\S]*?(?:\4|$)|'(?:[^']|'')*'?)|("(?:[^"]|"")*"?)|([A-Za-z_\u0080-\uffff][\w$\u0080-\uffff]*)|[0-9][\w.]*|\$[0-9]+|[\s\S]/y
-// Block comments nest.
-const COMMENT = /\/\*|\*\/|$/g
+// ASCII characters of a word: 1 anywhere in it, 2 after its first character. To PostgreSQL every
+// character from U+0080 up is a letter.
+const WORD = new Uint8Array(128)
+for (const [from, to] of ['AZ', 'az', '09', '__']) WORD.fill(1, from!.charCodeAt(0), to!.charCodeAt(0) + 1)
+WORD[36] = 2 // $
+const E_STRING = /'(?:[^'\\]|\\[\s\S]|'')*'?/y
+const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$/y
+const COMMENT_EDGE = /\/\*|\*\/|$/g
 
 /**
- * PostgreSQL's tokens, as far as the checks need them: words lower-cased; a quoted identifier as
- * `"` and its name; a string literal as `'` and its raw text; anything else as it is. White space
- * and comments are dropped.
+ * PostgreSQL's tokens, as far as the checks need them: words (numbers too) lower-cased; a quoted
+ * identifier as `"` and its name; a string literal (plain, E'', dollar-quoted) as `'` and its raw
+ * text; any other character on its own. White space and comments (nested ones too) are dropped.
+ * Something unterminated runs to the end of the text (the server refuses such a text anyway).
  */
 function lex (text: string): string[] {
   const tokens: string[] = []
-  TOKEN.lastIndex = 0
-  for (let m = TOKEN.exec(text); m !== null; m = TOKEN.exec(text)) {
-    if (m[1] !== undefined) continue
-    if (m[2] !== undefined) {
-      COMMENT.lastIndex = TOKEN.lastIndex
-      for (let depth = 1; depth > 0;) depth += COMMENT.exec(text)![0] === '/*' ? 1 : -1
-      TOKEN.lastIndex = COMMENT.lastIndex
-    } else if (m[3] !== undefined) {
-      tokens.push("'" + m[3])
-    } else if (m[5] !== undefined) {
-      tokens.push('"' + m[5].slice(1, -1).replaceAll('""', '"'))
+  const n = text.length
+  let i = 0
+  while (i < n) {
+    const c = text.charCodeAt(i)
+    if (c <= 32) {
+      i++
+    } else if (c >= 128 || WORD[c] === 1) {
+      let j = i + 1
+      for (; j < n; j++) {
+        const d = text.charCodeAt(j)
+        if (d < 128 && WORD[d] === 0) break
+      }
+      if (j === i + 1 && (c === 101 || c === 69) && text.charCodeAt(j) === 39) { // E'...'
+        E_STRING.lastIndex = j
+        E_STRING.exec(text)
+        tokens.push("'" + text.slice(j, E_STRING.lastIndex))
+        j = E_STRING.lastIndex
+      } else {
+        tokens.push(text.slice(i, j).toLowerCase())
+      }
+      i = j
+    } else if (c === 45 && text.charCodeAt(i + 1) === 45) { // -- to the end of the line
+      while (i < n && text.charCodeAt(i) !== 10 && text.charCodeAt(i) !== 13) i++
+    } else if (c === 47 && text.charCodeAt(i + 1) === 42) { // /* ... */, nested
+      COMMENT_EDGE.lastIndex = i + 2
+      for (let depth = 1; depth > 0;) depth += COMMENT_EDGE.exec(text)![0] === '/*' ? 1 : -1
+      i = COMMENT_EDGE.lastIndex
+    } else if (c === 39 || c === 34) { // '...' or "...", the quote doubled inside
+      let j = i
+      do j = (text.indexOf(text[i]!, j + 1) >>> 0) + 1
+      while (text.charCodeAt(j) === c)
+      tokens.push(c === 39 ? "'" + text.slice(i, j) : '"' + text.slice(i + 1, j - 1).replaceAll('""', '"'))
+      i = j
     } else {
-      tokens.push(m[6]?.toLowerCase() ?? m[0])
+      DOLLAR_TAG.lastIndex = i
+      const tag = c === 36 ? DOLLAR_TAG.exec(text) : null
+      if (tag === null) {
+        tokens.push(text[i]!)
+        i++
+      } else { // $tag$ ... $tag$
+        const end = (text.indexOf(tag[0], i + tag[0].length) >>> 0) + tag[0].length
+        tokens.push("'" + text.slice(i, end))
+        i = end
+      }
     }
   }
   return tokens

@@ -120,7 +120,7 @@ const ordinary = [
   "delete from settings where value = 'set role tenant_reader'",
   'insert into temp (v) values (1)',
   "merge into settings s using (select 'a' as key) v on s.key = v.key when not matched then insert values (v.key, 'x')",
-  'select * into settings_backup from settings',
+  'select temp into temperature_backup from temperature',
   'select * into temporary from settings', // a table named temporary
   'do $$ begin perform 1; end $$',
   "select 'a; set role tenant_reader' as v",
@@ -131,6 +131,7 @@ const ordinary = [
   'select 1 /* a /* nested */ ; set role tenant_reader */ as v',
   "select E'\\'; set role tenant_reader' as v",
   'select 1 as "set"; select "temp" from temperature as "pg_temp"',
+  'select 6 / 2 - 1 as "a""b", temp from temperature',
   "select to_regclass('pg_temp.y') as v",
   'select pg_advisory_xact_lock(1)',
   "select set_config('app.tenant_id', concat('4', '2'), true)",
@@ -155,13 +156,15 @@ for (const statement of ordinary) {
 
 t.test('behind PgBouncer: the same forms are refused outside a transaction, and run inside one', async (t) => {
   const app = await buildApp(t, db, { pgbouncer: true, max: 1 })
-  const code = async (sql: string): Promise<string> => await app.pg.query(sql).then(() => 'ok', (e: { code: string }) => e.code)
+  const code = async (sql: string, values?: unknown[]): Promise<string> => await app.pg.query(sql, values).then(() => 'ok', (e: { code: string }) => e.code)
   for (const sql of ['select 1 as x into temp scratch', 'create table pg_temp.scratch (x int)', "update pg_settings set setting = '1s' where name = 'lock_timeout'"]) {
     t.equal(await code(sql), 'FST_PG_SESSION_STATE', sql)
   }
   for (const sql of ["select set_config('app.tenant_id', '42', true)", "select 'set role tenant_reader' as v", 'select temp from temperature']) {
     t.equal(await code(sql), 'ok', sql)
   }
+  t.equal(await code("select set_config('app.tenant_id', $1, true)", ['42']), 'ok', 'the tenant as a parameter')
+  t.equal(await code("select set_config('app.tenant_id', $1, $2)", ['42', true]), 'FST_PG_SESSION_STATE', 'is_local as a parameter: unknown, refused')
   app.get('/', async (req) => await req.db.transaction(async (tx) => {
     await tx.query('create temp table in_tx (x int) on commit drop')
     return (await tx.query('select count(*)::int as n from in_tx')).rows[0]
