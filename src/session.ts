@@ -1,18 +1,179 @@
 /**
  * Does a statement possibly leave state on the session for the next holder of the connection?
- * Read from its text, so it costs two regular-expression tests and no round trip. A false
- * positive costs one DISCARD ALL; what text cannot show (a function that calls set_config)
- * is what `sessionReset: 'always'` is for.
+ * Read from its text, with no round trip: a statement with none of the words below is not looked
+ * at further; one with any is split into PostgreSQL's tokens (comments, string literals and
+ * quoted identifiers read as the server reads them) and checked statement by statement.
+ *
+ * A false positive costs one DISCARD ALL (and, behind PgBouncer, a refused statement outside a
+ * transaction). What the text cannot show, a function or procedure that creates a temporary
+ * table, calls set_config or takes an advisory lock, is what `sessionReset: 'always'` is for.
  */
 
-// Statements that change the session when they start one: SET (not SET LOCAL, which ends with
-// the transaction, but telling them apart is not worth it), RESET, LISTEN, PREPARE, DECLARE
-// (WITH HOLD cursors), LOAD, DISCARD. Leading comments are skipped.
-const STARTS = /(?:^|;)\s*(?:(?:--[^\n]*\n|\/\*[\s\S]*?\*\/)\s*)*(?:set|reset|listen|prepare|declare|load|discard)\b/i
-// Anywhere in the text: session-level config, session advisory locks, temporary objects.
-const ANYWHERE = /\b(?:set_config|pg_(?:try_)?advisory_lock(?:_shared)?)\b|\btemp(?:orary)?\s+(?:table|view|sequence)\b/i
+// Every statement the checks below flag matches this: one of the statements that change the
+// session by what they are, at the start of the text or after a `;` or a comment; or one of the
+// words they look for anywhere. Most statements do not, and are not split into tokens.
+const CANDIDATE = /(?:^|;|\*\/|--[^\n\r]*[\n\r])\s*(?:set|reset|listen|prepare|declare|load|discard|do)\b|\btemp(?:orary)?\b|pg_temp|pg_settings|set_config|advisory_lock/i
+
+// Sent as its own statement, these change the session: SET (but not SET LOCAL, SET TRANSACTION
+// or SET CONSTRAINTS, which end with the transaction), RESET, LISTEN, PREPARE, LOAD, DISCARD.
+const STARTERS = new Set(['set', 'reset', 'listen', 'prepare', 'load', 'discard'])
+const TRANSACTION_SET = new Set(['local', 'transaction', 'constraints'])
+const SESSION_LOCKS = new Set(['pg_advisory_lock', 'pg_advisory_lock_shared', 'pg_try_advisory_lock', 'pg_try_advisory_lock_shared'])
+const TEMP = new Set(['temp', 'temporary'])
+const SCOPE = new Set(['global', 'local'])
+// `select ... into temp from t` creates a table named temp: after INTO TEMP comes a name, not these.
+const NOT_A_NAME = new Set(['from', 'where', 'group', 'having', 'window', 'order', 'limit', 'offset', 'fetch', 'for', 'union', 'intersect', 'except'])
+const TEMP_SCHEMA = /^pg_temp(?:_\d+)?$/
+// Inside a DO block's body (PL/pgSQL, strings it EXECUTEs): any of these words, loosely.
+const DO_BODY = /\b(?:set|reset|listen|prepare|load|discard|hold|temp|temporary|set_config|pg_settings|pg_temp(?:_\d+)?|pg_(?:try_)?advisory_lock(?:_shared)?)\b/i
 
 export function changesSession (statement: unknown): boolean {
   const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
-  return typeof text === 'string' && (STARTS.test(text) || ANYWHERE.test(text))
+  return typeof text === 'string' && CANDIDATE.test(text) && changes(lex(text))
+}
+
+function changes (tokens: string[]): boolean {
+  let start = 0
+  for (let i = 0; i < tokens.length; i++) {
+    const token = tokens[i]!
+    if (token === ';') start = i + 1
+    else if ((i === start && starts(tokens, i)) || anywhere(tokens, i)) return true
+  }
+  return false
+}
+
+/** The statement starting at `i` changes the session by what it is. */
+function starts (tokens: string[], i: number): boolean {
+  const token = tokens[i]!
+  if (token === 'set') return !TRANSACTION_SET.has(tokens[i + 1]!)
+  if (STARTERS.has(token)) return true
+  if (token !== 'declare' && token !== 'do') return false
+  // DECLARE: a cursor WITH HOLD outlives its transaction; DO: what its body may run.
+  for (let j = i + 1; j < tokens.length && tokens[j] !== ';'; j++) {
+    if (token === 'declare' && tokens[j] === 'hold' && tokens[j - 1] === 'with') return true
+    if (token === 'do' && tokens[j]!.startsWith("'") && DO_BODY.test(tokens[j]!)) return true
+  }
+  return false
+}
+
+/** The tokens at `i` change the session wherever they stand in a statement. */
+function anywhere (tokens: string[], i: number): boolean {
+  switch (tokens[i]) {
+    case 'create': { // CREATE [ OR REPLACE ] [ GLOBAL | LOCAL ] { TEMP | TEMPORARY } ...
+      let j = i + 1
+      if (at(tokens, j) === 'or' && at(tokens, j + 1) === 'replace') j += 2
+      if (SCOPE.has(at(tokens, j))) j++
+      return TEMP.has(at(tokens, j))
+    }
+    case 'into': { // SELECT ... INTO [ GLOBAL | LOCAL ] { TEMP | TEMPORARY } [ TABLE ] name
+      if (at(tokens, i - 1) === 'insert' || at(tokens, i - 1) === 'merge') return false
+      let j = i + 1
+      if (SCOPE.has(at(tokens, j))) j++
+      if (!TEMP.has(at(tokens, j++))) return false
+      if (at(tokens, j) === 'table') j++
+      const next = at(tokens, j)
+      return next.startsWith('"') || (/^[a-z_\u0080-\uffff]/.test(next) && !NOT_A_NAME.has(next))
+    }
+    case 'update': { // UPDATE [ ONLY ] [ pg_catalog. ] pg_settings: the same as SET
+      let j = i + 1
+      if (at(tokens, j) === 'only') j++
+      if (name(at(tokens, j)) === 'pg_catalog' && at(tokens, j + 1) === '.') j += 2
+      return name(at(tokens, j)) === 'pg_settings'
+    }
+    case 'set_config':
+    case '"set_config':
+      return at(tokens, i + 1) === '(' && !localConfig(tokens, i + 2)
+  }
+  const called = name(tokens[i]!)
+  return called.startsWith('pg_') &&
+    ((TEMP_SCHEMA.test(called) && at(tokens, i + 1) === '.') || SESSION_LOCKS.has(called)) // made in pg_temp, pg_temp_N
+}
+
+/**
+ * The arguments of set_config starting at `i` end with a literal `true` (is_local), or never end
+ * (the server refuses the statement).
+ */
+function localConfig (tokens: string[], i: number): boolean {
+  let depth = 0
+  let commas = 0
+  for (let j = i; j < tokens.length; j++) {
+    const token = tokens[j]
+    if (token === '(') depth++
+    else if (token === ')' && depth-- === 0) return commas === 2 && tokens[j - 1] === 'true' && tokens[j - 2] === ','
+    else if (token === ',' && depth === 0) commas++
+  }
+  return true
+}
+
+const at = (tokens: string[], j: number): string => tokens[j] ?? ''
+
+/** A quoted identifier as the name it stands for. */
+function name (token: string): string {
+  return token.startsWith('"') ? token.slice(1) : token
+}
+
+// ASCII characters of a word: 1 anywhere in it, 2 after its first character. To PostgreSQL every
+// character from U+0080 up is a letter.
+const WORD = new Uint8Array(128)
+for (const [from, to] of ['AZ', 'az', '09', '__']) WORD.fill(1, from!.charCodeAt(0), to!.charCodeAt(0) + 1)
+WORD[36] = 2 // $
+const E_STRING = /'(?:[^'\\]|\\[\s\S]|'')*'?/y
+const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$/y
+const COMMENT_EDGE = /\/\*|\*\/|$/g
+
+/**
+ * PostgreSQL's tokens, as far as the checks need them: words (numbers too) lower-cased; a quoted
+ * identifier as `"` and its name; a string literal (plain, E'', dollar-quoted) as `'` and its raw
+ * text; any other character on its own. White space and comments (nested ones too) are dropped.
+ * Something unterminated runs to the end of the text (the server refuses such a text anyway).
+ */
+function lex (text: string): string[] {
+  const tokens: string[] = []
+  const n = text.length
+  let i = 0
+  while (i < n) {
+    const c = text.charCodeAt(i)
+    if (c <= 32) {
+      i++
+    } else if (c >= 128 || WORD[c] === 1) {
+      let j = i + 1
+      for (; j < n; j++) {
+        const d = text.charCodeAt(j)
+        if (d < 128 && WORD[d] === 0) break
+      }
+      if (j === i + 1 && (c === 101 || c === 69) && text.charCodeAt(j) === 39) { // E'...'
+        E_STRING.lastIndex = j
+        E_STRING.exec(text)
+        tokens.push("'" + text.slice(j, E_STRING.lastIndex))
+        j = E_STRING.lastIndex
+      } else {
+        tokens.push(text.slice(i, j).toLowerCase())
+      }
+      i = j
+    } else if (c === 45 && text.charCodeAt(i + 1) === 45) { // -- to the end of the line
+      while (i < n && text.charCodeAt(i) !== 10 && text.charCodeAt(i) !== 13) i++
+    } else if (c === 47 && text.charCodeAt(i + 1) === 42) { // /* ... */, nested
+      COMMENT_EDGE.lastIndex = i + 2
+      for (let depth = 1; depth > 0;) depth += COMMENT_EDGE.exec(text)![0] === '/*' ? 1 : -1
+      i = COMMENT_EDGE.lastIndex
+    } else if (c === 39 || c === 34) { // '...' or "...", the quote doubled inside
+      let j = i
+      do j = (text.indexOf(text[i]!, j + 1) >>> 0) + 1
+      while (text.charCodeAt(j) === c)
+      tokens.push(c === 39 ? "'" + text.slice(i, j) : '"' + text.slice(i + 1, j - 1).replaceAll('""', '"'))
+      i = j
+    } else {
+      DOLLAR_TAG.lastIndex = i
+      const tag = c === 36 ? DOLLAR_TAG.exec(text) : null
+      if (tag === null) {
+        tokens.push(text[i]!)
+        i++
+      } else { // $tag$ ... $tag$
+        const end = (text.indexOf(tag[0], i + tag[0].length) >>> 0) + tag[0].length
+        tokens.push("'" + text.slice(i, end))
+        i = end
+      }
+    }
+  }
+  return tokens
 }

@@ -80,17 +80,6 @@ t.test('named prepared statements keep working across a reset (pg\'s cache stays
   for (let i = 0; i < 3; i++) t.same((await app.inject('/')).json(), { v: 42 }, `request ${i + 1}`)
 })
 
-t.test('statements that leave nothing behind cost no reset', async (t) => {
-  const app = await buildApp(t, db, { max: 1 })
-  app.get('/', async (req) => {
-    await req.db.query({ name: 'kept', text: 'select 1 as v' })
-    await req.db.query("update pg_settings set setting = setting where name = 'nonexistent'")
-    return (await req.db.query("select count(*)::int as n from pg_prepared_statements where name = 'kept'")).rows[0]
-  })
-  await app.inject('/')
-  t.same((await app.inject('/')).json(), { n: 1 }, 'the server-side prepared statement survived: no DISCARD ALL ran')
-})
-
 t.test("sessionReset: 'always' and false", async (t) => {
   const always = await buildApp(t, db, { max: 1, sessionReset: 'always' })
   await always.pg.query({ name: 'kept', text: 'select 1' })
