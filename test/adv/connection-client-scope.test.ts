@@ -74,7 +74,7 @@ t.test("sessionReset 'auto' broken through connection(): SET ROLE in a pg-query-
   app.get('/change', async (req) => {
     const client = await req.db.connection()
     const stream = client.query(new QueryStream("select set_config('role', 'tenant_reader', false) as v"))
-    for await (const _ of stream) { /* drain */ }
+    await stream.toArray()
     return 'ok'
   })
   app.get('/probe', async (req) => (await req.db.query('select current_user::text as v')).rows[0])
