@@ -1,0 +1,99 @@
+/**
+ * Adversarial: transaction control inside the plugin's transactions. The README promises that
+ * COMMIT/ROLLBACK of a transaction the user did not begin is refused (FST_PG_TRANSACTION_CONTROL)
+ * "reading comments, case and whitespace", that a 5xx commits nothing, and that a transaction
+ * found ended early is reported as FST_PG_TRANSACTION_ENDED_EARLY.
+ */
+import Fastify from 'fastify'
+import t from 'tap'
+import pgPool from '../../src/index.js'
+import { assertReturned, buildApp } from '../helpers/app.js'
+import { setupDatabase } from '../helpers/postgres.js'
+import { logLines } from '../helpers/util.js'
+
+const db = await setupDatabase(t)
+await db.admin('create table ledger (note text primary key)')
+t.beforeEach(async () => { await db.admin('truncate ledger') })
+
+const notes = async (): Promise<string[]> => (await db.admin('select note from ledger order by note')).rows.map((r) => r.note)
+const insert = (note: string): string => `insert into ledger values ('${note}')`
+const code = (error: unknown): unknown => (error as { code?: unknown }).code
+const tx = { config: { pgPool: { transaction: true } } }
+
+// PostgreSQL reads both as a plain COMMIT: a -- comment ends at \r as well as \n, and block
+// comments nest (/* a /* b */ c */ is one comment).
+const hidden: Array<[string, string]> = [
+  ['a -- comment ended by \\r', '-- the ORM says\rcommit'],
+  ['a nested block comment', '/* outer /* inner */ still a comment */ commit']
+]
+
+for (const [name, statement] of hidden) {
+  t.test(`FST_PG_TRANSACTION_CONTROL broken: COMMIT after ${name} inside a route transaction is sent and commits; the 5xx that follows commits`, async (t) => {
+    const app = await buildApp(t, db)
+    let outcome: unknown
+    app.post('/', tx, async (req) => {
+      await req.db.query(insert('before'))
+      outcome = await req.db.query(statement).then((r) => r.command, code)
+      await req.db.query(insert('after')).catch(() => {})
+      throw new Error('the handler fails: nothing may be committed')
+    })
+    const res = await app.inject({ method: 'POST', url: '/' })
+    t.equal(outcome, 'FST_PG_TRANSACTION_CONTROL', 'refused, not sent')
+    t.equal(res.statusCode, 500)
+    t.same(await notes(), [], 'a 5xx commits nothing')
+    await assertReturned(t, app, db)
+  })
+
+  t.test(`FST_PG_TRANSACTION_CONTROL broken: COMMIT after ${name} inside transaction(fn) escapes it`, async (t) => {
+    const app = await buildApp(t, db)
+    let outcome: unknown
+    let result: unknown
+    app.post('/', async (req) => {
+      result = await req.db.transaction(async (tx) => {
+        await tx.query(insert('before'))
+        outcome = await tx.query(statement).then((r) => r.command, code)
+        throw new Error('fn fails: roll back')
+      }).catch((e: Error) => (e as { code?: string }).code ?? e.message)
+      return 'ok'
+    })
+    await app.inject({ method: 'POST', url: '/' })
+    t.equal(outcome, 'FST_PG_TRANSACTION_CONTROL', 'refused, not sent')
+    t.same(await notes(), [], 'the rejected transaction committed nothing')
+    t.equal(result, 'fn fails: roll back')
+    await assertReturned(t, app, db)
+  })
+}
+
+t.test('FST_PG_TRANSACTION_ENDED_EARLY broken: transaction(fn) whose fn throws after a multi-statement COMMIT rejects with fn\'s error, claiming a rollback, while its rows are committed', async (t) => {
+  const { stream, lines } = logLines()
+  const app = Fastify({ logger: { level: 'warn', stream } })
+  await app.register(pgPool, { connectionString: db.url, application_name: 'fpp-app' })
+  t.teardown(() => app.close())
+  let result: unknown
+  app.post('/', async (req) => {
+    result = await req.db.transaction(async (tx) => {
+      await tx.query(`${insert('a')}; commit`)
+      throw new Error('validation failed')
+    }).then(() => 'resolved', (e: Error) => (e as { code?: string }).code ?? e.message)
+    return { result }
+  })
+  await app.inject({ method: 'POST', url: '/' })
+  t.same(await notes(), ['a'], 'PostgreSQL committed a (documented: a COMMIT in a multi-statement string cannot be rewritten)')
+  t.equal(result, 'FST_PG_TRANSACTION_ENDED_EARLY', 'the caller is told the transaction ended early, not that fn\'s error rolled it back')
+  t.ok(lines.some((l) => l.level === 40 && /already ended/.test(l.msg)), 'a warn line')
+  await assertReturned(t, app, db)
+})
+
+t.test('"a 5xx commits nothing" broken: a route transaction whose handler sent `...; commit; begin` then threw answers its own 500 with the first part committed', async (t) => {
+  const app = await buildApp(t, db)
+  app.post('/', tx, async (req) => {
+    await req.db.query(`${insert('a')}; commit; begin`)
+    await req.db.query(insert('b'))
+    throw new Error('the handler fails')
+  })
+  const res = await app.inject({ method: 'POST', url: '/' })
+  t.equal(res.statusCode, 500)
+  t.same(await notes(), [], 'a 5xx commits nothing')
+  t.equal(res.json().code, 'FST_PG_TRANSACTION_ENDED_EARLY', 'or at least: the request says the transaction ended early')
+  await assertReturned(t, app, db)
+})
