@@ -68,17 +68,23 @@ t.test("a route's own timeout travels with each statement and leaves nothing beh
 
 t.test('inside transactions: the first statement carries it; after a rollback to a savepoint it is sent again', async (t) => {
   const app = await buildApp(t, db, { max: 1 })
-  app.get('/', { config: { pgPool: { statementTimeoutMs: 200 } } }, async (req) => await req.db.transaction(async (tx) => {
-    await tx.query('select 1')
-    await tx.query('savepoint s')
-    await tx.query('select 2') // carries the timeout again (after transaction control)...
-    await tx.query('rollback to savepoint s') // ...which this undoes
-    const inTx = (await tx.query(setting)).rows[0].v
-    return { inTx, slow: await timed(() => tx.query('select pg_sleep(1)')) }
-  }).catch((error: { code?: unknown }) => ({ failed: error.code })))
+  app.get('/', { config: { pgPool: { statementTimeoutMs: 200 } } }, async (req) => {
+    const seen: Record<string, unknown> = {}
+    seen.outcome = await req.db.transaction(async (tx) => {
+      await tx.query('select 1')
+      await tx.query('savepoint s')
+      await tx.query('select 2') // carries the timeout again (after transaction control)...
+      await tx.query('rollback to savepoint s') // ...which this undoes
+      seen.inTx = (await tx.query(setting)).rows[0].v
+      seen.slow = await timed(() => tx.query('select pg_sleep(1)'))
+      return 'committed'
+    }).catch((error: { code?: unknown }) => error.code)
+    return seen
+  })
   const res = (await app.inject('/')).json()
   t.equal(res.inTx, '200ms', 'set again after the rollback to the savepoint')
   t.equal(res.slow.code, '57014')
+  t.equal(res.outcome, 'FST_PG_TRANSACTION_ABORTED', 'the cancelled statement aborted the transaction: not reported as committed')
   await assertReturned(t, app, db)
 })
 
