@@ -77,6 +77,16 @@ export class Conn {
     connection.submittedNamedStatements = {}
   }
 
+  /**
+   * Statements someone else handed to pg on this client are still running or queued (a
+   * `connection()` client's), so the transaction status pg reports is not the one our next
+   * statement will meet.
+   */
+  othersPending (): boolean {
+    const client = this.client as unknown as { _activeQuery: unknown, _queryQueue: unknown[] }
+    return client._activeQuery != null || client._queryQueue.length > 0
+  }
+
   /** Records a query error; a connection-class one condemns the connection. */
   failed (error: unknown): void {
     if (isConnectionError(error)) this.lost()

@@ -38,10 +38,9 @@ export interface GuardedClient {
  */
 export function guardClient (
   conn: Conn,
-  usable: () => boolean,
+  /** Why the client cannot run a statement now, if it cannot. */
+  refusal: () => Error | undefined,
   release: (error?: Error | boolean) => void,
-  /** Why the client cannot run a statement any more. */
-  refusal: () => Error,
   /** Sees every statement before it is sent; returns the one to send, or throws to refuse it. */
   admit: (statement: unknown) => unknown,
   /** Told of every statement refused, and of every COMMIT whose outcome is unknown (to log them). */
@@ -52,9 +51,8 @@ export function guardClient (
   const query = (...args: unknown[]): unknown => {
     const first = args[0] as Partial<Submittable> | null | undefined
     const submittable = typeof first?.submit === 'function'
-    let error: unknown
-    if (!usable()) error = refusal()
-    else {
+    let error: unknown = refusal()
+    if (error === undefined) {
       try {
         args[0] = admit(first)
       } catch (refused) {

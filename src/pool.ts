@@ -314,13 +314,13 @@ export class PgPool {
   async connect (): Promise<PoolClient> {
     const conn = await this.acquire({ origin: this.#leaks.origin() })
     let released = false
-    const guarded = guardClient(conn, () => !released, (error) => {
+    const guarded = guardClient(conn, () => released ? new PgReleasedError() : undefined, (error) => {
       if (released) throw new PgDoubleReleaseError()
       released = true
       if (error) conn.broken = true
       guarded.closeCursors()
       this.release(conn)
-    }, () => new PgReleasedError(), (statement) => this.admit(conn, statement))
+    }, (statement) => this.admit(conn, statement))
     return guarded.client
   }
 

@@ -69,7 +69,7 @@ interface Job {
   plan: ((status: string | null) => Step) | undefined
   resolve (result: QueryResult<any>): void
   reject (error: unknown): void
-  /** The caller's promise, kept while the job waits (a refusal marks it handled). */
+  /** The caller's promise (a refusal marks it handled). */
   promise: Promise<unknown> | undefined
 }
 
@@ -152,7 +152,8 @@ export class RequestHandle implements RequestDb {
   readonly #frames = new Frames()
   /** `transaction()` calls still running, innermost last: only the innermost may send statements. */
   readonly #open: TransactionDb[] = []
-  #guarded: GuardedClient | undefined
+  /** The `connection()` clients of this checkout, one per db that asked. */
+  #clients: Map<Scope, GuardedClient> | undefined
   #origin: Error | undefined
   /** The statement timeout sent with statements (see timeout.ts), when one must be. */
   readonly #timeoutMs: number | undefined
@@ -228,10 +229,11 @@ export class RequestHandle implements RequestDb {
       job.resolve = resolve
       job.reject = reject
     })
-    if (this.#state === 'held' && !this.#running) this.#send(job)
+    // Kept for a refusal to mark handled: a `retry` statement can go back into the queue.
+    job.promise = promise
+    if (this.#state === 'held' && !this.#running && this.#queue.length === 0) this.#send(job)
     else if (this.#state === 'released') return this.#refuse(new PgRequestEndedError())
     else {
-      job.promise = promise
       this.#queue.push(job)
       if (this.#state === 'unused') this.#move('acquiring')
     }
@@ -256,8 +258,10 @@ export class RequestHandle implements RequestDb {
       // A rollback that cannot run (the connection died) changes nothing: the plugin rolls back
       // or destroys the connection when the request ends anyway. One the transaction around it
       // ended first is rolled back already.
-      if (frame !== undefined && !db.over) await this.#endFrame(frame, false).catch(noop)
+      const ending = frame === undefined || db.over ? undefined : await this.#endFrame(frame, false).then(noop, (e: unknown) => e)
       this.#close(db)
+      // Except the one thing a rollback can tell: there was nothing left to roll back.
+      if (ending instanceof PgTransactionEndedEarlyError) throw Object.assign(ending, { cause: error })
       throw error
     }
     if (db.over) throw new PgTransactionScopeError('The transaction around this one ended before its callback finished, and rolled it back')
@@ -310,24 +314,38 @@ export class RequestHandle implements RequestDb {
     if (this.#state === 'unused') this.#move('acquiring')
     if (this.#state === 'acquiring') await this.#checkout
     if (this.#state === 'held') await this.#began
-    if (this.#state !== 'held' || this.#ended || this.#routeTx === 'ended') return await this.#refuse(new PgRequestEndedError())
+    if (this.#state !== 'held') return await this.#refuse(new PgRequestEndedError())
+    const again = this.#refusal(scope)
+    if (again !== undefined) return await this.#refuse(again)
     const conn = this.#conn as Conn
-    // release() cannot return it early: the plugin returns it when the request ends.
-    // release(err) asks for it to be destroyed then, as with pg-pool.
-    this.#guarded ??= guardClient(
-      conn,
-      () => this.#state === 'held' && !this.#ended && this.#routeTx !== 'ended',
-      (error) => { if (error && this.#state === 'held') conn.broken = true },
-      () => new PgRequestEndedError(),
-      // Statements sent on the client directly are translated when they are handed to pg
-      // (interleaved with request.db.query() calls still queued, the order is pg's).
-      (statement) => {
-        const step = this.#frames.size > 0 ? this.#frames.translate(statement, conn.client.getTransactionStatus()) : undefined
-        return this.#pool.admit(conn, step === undefined ? statement : step.statement)
-      },
-      (error) => this.#warn(error)
-    )
-    return this.#guarded.client
+    this.#clients ??= new Map()
+    let guarded = this.#clients.get(scope)
+    if (guarded === undefined) {
+      // One client per db: its statements are refused whenever that db's would be (the outer
+      // one's while a transaction() runs). release() cannot return it early: the plugin returns
+      // it when the request ends; release(err) asks for it to be destroyed then, as with pg-pool.
+      guarded = guardClient(
+        conn,
+        () => this.#state === 'held' ? this.#refusal(scope) : new PgRequestEndedError(),
+        (error) => { if (error && this.#state === 'held') conn.broken = true },
+        // Statements sent on the client directly are translated when they are handed to pg
+        // (interleaved with request.db.query() calls still queued, the order is pg's).
+        (statement) => {
+          const step = this.#frames.size > 0 ? this.#frames.translate(statement, conn.client.getTransactionStatus()) : undefined
+          return this.#pool.admit(conn, step === undefined ? statement : step.statement)
+        },
+        (error) => this.#warn(error)
+      )
+      this.#clients.set(scope, guarded)
+    }
+    return guarded.client
+  }
+
+  /** Closes the cursors and streams opened through this checkout's clients, which stop. */
+  #closeClients (): void {
+    if (this.#clients === undefined) return
+    for (const guarded of this.#clients.values()) guarded.closeCursors()
+    this.#clients = undefined
   }
 
   /**
@@ -350,8 +368,7 @@ export class RequestHandle implements RequestDb {
         if (prev === 'held') {
           // A `retry` statement lost the connection: give it back (it is destroyed) and check
           // out another; the statement waits at the head of the queue.
-          this.#guarded?.closeCursors()
-          this.#guarded = undefined
+          this.#closeClients()
           this.#pool.release(this.#conn as Conn)
           this.#conn = undefined
         }
@@ -387,7 +404,7 @@ export class RequestHandle implements RequestDb {
         }
         if (prev === 'acquiring') (this.#abort as Abandon).abort(new PgRequestEndedError())
         else if (prev === 'held') {
-          this.#guarded?.closeCursors()
+          this.#closeClients()
           this.#pool.release(this.#conn as Conn)
         }
         this.#conn = undefined
@@ -417,6 +434,9 @@ export class RequestHandle implements RequestDb {
 
   #send (job: Job): void {
     const conn = this.#conn as Conn
+    // What the plugin sends for transaction control depends on the status the statement will
+    // meet: statements a connection() client handed to pg first must have run.
+    if ((job.plan !== undefined || this.#frames.size > 0) && conn.othersPending()) return this.#afterOthers(conn, job)
     const tx = conn.client.getTransactionStatus()
     // Session state left by this checkout so far: a fresh connection would not have it.
     const stateless = !conn.dirty
@@ -457,7 +477,6 @@ export class RequestHandle implements RequestDb {
       if (error !== null) {
         conn.failed(error)
         if (isConnectionError(error)) {
-          this.#frames.clear()
           if (retry && this.#state === 'held') {
             job.retry = false
             this.#queue.unshift(job)
@@ -479,6 +498,18 @@ export class RequestHandle implements RequestDb {
       // pg throws at once on a malformed call (a null query, a bad callback)
       done(error as Error)
     }
+  }
+
+  #afterOthers (conn: Conn, job: Job): void {
+    this.#queue.unshift(job)
+    const { client } = conn
+    const go = (): void => {
+      client.off('drain', go)
+      client.off('end', go)
+      if (this.#conn === conn && !this.#running) this.#next()
+    }
+    client.on('drain', go)
+    client.on('end', go)
   }
 
   #next (): void {

@@ -9,6 +9,8 @@
  * table, calls set_config or takes an advisory lock, is what `sessionReset: 'always'` is for.
  */
 
+import { lex, textOf } from './sql.js'
+
 // Every statement the checks below flag matches this: one of the statements that change the
 // session by what they are, at the start of the text or after a `;` or a comment; or one of the
 // words they look for anywhere. Most statements do not, and are not split into tokens.
@@ -28,8 +30,8 @@ const TEMP_SCHEMA = /^pg_temp(?:_\d+)?$/
 const DO_BODY = /\b(?:set|reset|listen|prepare|load|discard|hold|temp|temporary|set_config|pg_settings|pg_temp(?:_\d+)?|pg_(?:try_)?advisory_lock(?:_shared)?)\b/i
 
 export function changesSession (statement: unknown): boolean {
-  const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
-  return typeof text === 'string' && CANDIDATE.test(text) && changes(lex(text))
+  const text = textOf(statement)
+  return text !== undefined && CANDIDATE.test(text) && changes(lex(text))
 }
 
 function changes (tokens: string[]): boolean {
@@ -110,70 +112,4 @@ const at = (tokens: string[], j: number): string => tokens[j] ?? ''
 /** A quoted identifier as the name it stands for. */
 function name (token: string): string {
   return token.startsWith('"') ? token.slice(1) : token
-}
-
-// ASCII characters of a word: 1 anywhere in it, 2 after its first character. To PostgreSQL every
-// character from U+0080 up is a letter.
-const WORD = new Uint8Array(128)
-for (const [from, to] of ['AZ', 'az', '09', '__']) WORD.fill(1, from!.charCodeAt(0), to!.charCodeAt(0) + 1)
-WORD[36] = 2 // $
-const E_STRING = /'(?:[^'\\]|\\[\s\S]|'')*'?/y
-const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$/y
-const COMMENT_EDGE = /\/\*|\*\/|$/g
-
-/**
- * PostgreSQL's tokens, as far as the checks need them: words (numbers too) lower-cased; a quoted
- * identifier as `"` and its name; a string literal (plain, E'', dollar-quoted) as `'` and its raw
- * text; any other character on its own. White space and comments (nested ones too) are dropped.
- * Something unterminated runs to the end of the text (the server refuses such a text anyway).
- */
-function lex (text: string): string[] {
-  const tokens: string[] = []
-  const n = text.length
-  let i = 0
-  while (i < n) {
-    const c = text.charCodeAt(i)
-    if (c <= 32) {
-      i++
-    } else if (c >= 128 || WORD[c] === 1) {
-      let j = i + 1
-      for (; j < n; j++) {
-        const d = text.charCodeAt(j)
-        if (d < 128 && WORD[d] === 0) break
-      }
-      if (j === i + 1 && (c === 101 || c === 69) && text.charCodeAt(j) === 39) { // E'...'
-        E_STRING.lastIndex = j
-        E_STRING.exec(text)
-        tokens.push("'" + text.slice(j, E_STRING.lastIndex))
-        j = E_STRING.lastIndex
-      } else {
-        tokens.push(text.slice(i, j).toLowerCase())
-      }
-      i = j
-    } else if (c === 45 && text.charCodeAt(i + 1) === 45) { // -- to the end of the line
-      while (i < n && text.charCodeAt(i) !== 10 && text.charCodeAt(i) !== 13) i++
-    } else if (c === 47 && text.charCodeAt(i + 1) === 42) { // /* ... */, nested
-      COMMENT_EDGE.lastIndex = i + 2
-      for (let depth = 1; depth > 0;) depth += COMMENT_EDGE.exec(text)![0] === '/*' ? 1 : -1
-      i = COMMENT_EDGE.lastIndex
-    } else if (c === 39 || c === 34) { // '...' or "...", the quote doubled inside
-      let j = i
-      do j = (text.indexOf(text[i]!, j + 1) >>> 0) + 1
-      while (text.charCodeAt(j) === c)
-      tokens.push(c === 39 ? "'" + text.slice(i, j) : '"' + text.slice(i + 1, j - 1).replaceAll('""', '"'))
-      i = j
-    } else {
-      DOLLAR_TAG.lastIndex = i
-      const tag = c === 36 ? DOLLAR_TAG.exec(text) : null
-      if (tag === null) {
-        tokens.push(text[i]!)
-        i++
-      } else { // $tag$ ... $tag$
-        const end = (text.indexOf(tag[0], i + tag[0].length) >>> 0) + tag[0].length
-        tokens.push("'" + text.slice(i, end))
-        i = end
-      }
-    }
-  }
-  return tokens
 }

@@ -1,4 +1,5 @@
 import pg, { type Client } from 'pg'
+import { lex, textOf } from './sql.js'
 
 /**
  * A statement timeout that travels with the statement: `set_config('statement_timeout', ms,
@@ -15,16 +16,22 @@ import pg, { type Client } from 'pg'
  * result it would have seen without the timeout.
  */
 
+/** What a transaction control statement, or one that must be a transaction's first, starts with. */
+const CONTROL_WORDS = new Set(['begin', 'commit', 'end', 'rollback', 'abort', 'savepoint', 'release'])
+const MAY_CONTROL = /\b(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare|set)\b/i
+
 /**
  * Transaction control, and what must be a transaction's first statement: never prefixed (a
- * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them). Leading
- * comments are skipped.
+ * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them). Read from the
+ * first tokens, so comments cannot hide it.
  */
-const TX_CONTROL = /^\s*(?:(?:--[^\n]*\n|\/\*[\s\S]*?\*\/)\s*)*(?:begin|start\s+transaction|commit|end|rollback|abort|savepoint|release|prepare\s+transaction|set\s+transaction)\b/i
-
 export function isTransactionControl (statement: unknown): boolean {
-  const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
-  return typeof text === 'string' && TX_CONTROL.test(text)
+  const text = textOf(statement)
+  if (text === undefined || !MAY_CONTROL.test(text)) return false
+  const [first, second] = lex(text, 2)
+  if (first === undefined) return false
+  if (CONTROL_WORDS.has(first)) return true
+  return second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')
 }
 
 const setTimeoutSql = (ms: number): string => `select set_config('statement_timeout', '${ms}', true)`

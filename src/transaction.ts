@@ -1,5 +1,6 @@
 import { PgInvalidOptionError, PgTransactionAbortedError, PgTransactionControlError, PgTransactionEndedEarlyError } from './errors.js'
 import { closest } from './options.js'
+import { lex, textOf } from './sql.js'
 
 /**
  * Transactions on one connection as the plugin sees them on the wire: a stack of frames, one per
@@ -64,41 +65,57 @@ function begin ({ isolationLevel, readOnly, deferrable }: TransactionOptions): s
 const nested = (options: TransactionOptions): Error =>
   new PgInvalidOptionError('transaction options', 'none inside another transaction (it is a savepoint)', Object.keys(options).join(', '))
 
-/** Transaction control a statement's text starts with, after comments. */
+/** Transaction control a statement is. */
 type Control = 'begin' | 'commit' | 'rollback' | 'refuse'
 
-const COMMENTS = /--[^\n]*|\/\*[\s\S]*?\*\//g
-const LEADING = /^\s*(?:(?:--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)\s*)*([a-z]+)\b/i
-/** What may follow the keyword of a control statement that is alone in its string. */
-const ALONE = /^[\s\w,]*;?\s*$/
-const PASSES = /^\s*(?:(?:work|transaction)\s+)?(?:to\b|prepared\b)/i
-const CHAIN = /\band\s+chain\b/i
+/** Words a transaction control statement starts with; a text without any is none. */
+const MAY_CONTROL = /\b(?:begin|start|commit|end|rollback|abort|prepare)\b/i
 
-/** Reads the transaction control a statement is, if any (a few string tests, no round trip). */
-export function controlOf (text: string): Control | undefined {
-  const keyword = LEADING.exec(text)
-  if (keyword === null) return undefined
+/** The control of the statement whose tokens start at `i` (up to its `;`). */
+function controlAt (tokens: string[], i: number): Control | undefined {
   let control: Control
-  switch ((keyword[1] as string).toLowerCase()) {
+  let j = i + 1
+  switch (tokens[i]) {
     case 'begin': control = 'begin'; break
-    case 'start': control = 'begin'; break // START TRANSACTION (no other statement starts with START)
+    case 'start': if (tokens[j] !== 'transaction') return undefined; control = 'begin'; break
     case 'commit': case 'end': control = 'commit'; break
     case 'rollback': case 'abort': control = 'rollback'; break
-    case 'prepare': control = 'refuse'; break
+    case 'prepare': return tokens[j] === 'transaction' ? 'refuse' : undefined // else PREPARE name AS ...
     default: return undefined
   }
-  const rest = text.slice(keyword[0].length).replace(COMMENTS, ' ')
-  if (control === 'refuse') return /^\s*transaction\b/i.test(rest) ? 'refuse' : undefined // else PREPARE name AS ...
-  // ROLLBACK TO SAVEPOINT, COMMIT PREPARED, ROLLBACK PREPARED: not the end of this transaction.
-  if (control !== 'begin' && PASSES.test(rest)) return undefined
-  if (!ALONE.test(rest) || CHAIN.test(rest)) return 'refuse'
+  if (control !== 'begin') {
+    if (tokens[j] === 'work' || tokens[j] === 'transaction') j++
+    // ROLLBACK TO SAVEPOINT, COMMIT PREPARED, ROLLBACK PREPARED: not the end of this transaction.
+    if (tokens[j] === 'to' || tokens[j] === 'prepared') return undefined
+    // ... AND CHAIN ends it and begins another at once.
+    if (tokens[j] === 'and' && tokens[j + 1] === 'chain') return 'refuse'
+  }
   return control
+}
+
+/**
+ * Reads the transaction control a statement's text is, if any, from its tokens (comments, as
+ * PostgreSQL reads them, cannot hide a COMMIT). Control in a string of several statements cannot
+ * be rewritten: `refuse`.
+ */
+export function controlOf (text: string): Control | undefined {
+  if (!MAY_CONTROL.test(text)) return undefined
+  const tokens = lex(text)
+  let found: Control | undefined
+  let statements = 0
+  for (let i = 0; i < tokens.length; i++) {
+    if (tokens[i] === ';') continue
+    statements++
+    found ??= controlAt(tokens, i)
+    while (i < tokens.length && tokens[i] !== ';') i++
+  }
+  return statements > 1 && found !== undefined ? 'refuse' : found
 }
 
 /** Is this statement's text a COMMIT (or END)? */
 export function commits (statement: unknown): boolean {
-  const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
-  return typeof text === 'string' && controlOf(text) === 'commit'
+  const text = textOf(statement)
+  return text !== undefined && controlOf(text) === 'commit'
 }
 
 /** One transaction level open on the server. */
@@ -188,10 +205,12 @@ export class Frames {
 
   /** The user's statement, translated inside the plugin's transactions (see the table above). */
   translate (statement: unknown, status: Status): Step | undefined {
-    const text = typeof statement === 'string' ? statement : (statement as { text?: unknown } | null)?.text
-    if (typeof text !== 'string') return undefined
+    const text = textOf(statement)
+    if (text === undefined) return undefined
     const control = controlOf(text)
     if (control === undefined) return undefined
+    // A cursor or stream cannot be turned into a savepoint statement (nor would one be control).
+    if (typeof (statement as { submit?: unknown }).submit === 'function') throw new PgTransactionControlError(text.trim().slice(0, 60))
     const top = this.#stack[this.#stack.length - 1] as Frame
     const mine = !top.managed
     if (control === 'refuse' || (control !== 'begin' && !mine)) throw new PgTransactionControlError(text.trim().slice(0, 60))

@@ -5,6 +5,7 @@
  */
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import Fastify from 'fastify'
+import pg from 'pg'
 import t from 'tap'
 import pgPool, { type RequestDb } from '../src/index.js'
 import { assertReturned, buildApp } from './helpers/app.js'
@@ -248,7 +249,7 @@ t.test('control that would end the plugin\'s transaction is refused with FST_PG_
   const refused: Record<string, unknown> = {}
   app.post('/', tx, async (req) => {
     await req.db.query(insert('route'))
-    for (const statement of ['commit', 'rollback', 'end', 'prepare transaction \'x\'', 'begin; insert into ledger values (\'x\')', 'commit and chain']) {
+    for (const statement of ['commit', 'rollback', 'end', 'prepare transaction \'x\'', 'begin; insert into ledger values (\'x\')', 'insert into ledger values (\'y\'); commit', '-- c\rcommit', '/* a /* b */ c */ commit', 'commit and chain']) {
       refused[statement] = await req.db.query(statement).catch(code)
     }
     const client = await req.db.connection()
@@ -273,20 +274,36 @@ t.test('outside the plugin\'s transactions the user\'s control is sent as it is'
   t.same(await notes(), ['mine'])
 })
 
-t.test('last line of defence: a route transaction found ended (a COMMIT inside a multi-statement string) fails the request, with a warn log', async (t) => {
+t.test('last line of defence: a transaction found ended when the plugin ends it fails the request, with a warn log', async (t) => {
   const { stream, lines } = logLines()
   const app = Fastify({ logger: { level: 'warn', stream } })
   await app.register(pgPool, { connectionString: db.url })
   t.teardown(() => app.close())
-  app.post('/', tx, async (req) => {
-    await req.db.query(`${insert('a')}; commit`)
+  // Every way through request.db and connection() is read and rewritten; a library that calls
+  // pg's own Client.prototype.query on the client is not.
+  const rawCommit = async (client: pg.PoolClient): Promise<unknown> => await (pg.Client.prototype.query as (text: string) => Promise<unknown>).call(client, 'commit')
+  app.post('/route', tx, async (req) => {
+    await req.db.query(insert('a'))
+    await rawCommit(await req.db.connection())
     await req.db.query(insert('b'))
     return { ok: true }
   })
-  const res = await app.inject({ method: 'POST', url: '/' })
+  let rejected: unknown
+  app.post('/fn', async (req) => {
+    rejected = await req.db.transaction(async (tx) => {
+      await tx.query(insert('c'))
+      await rawCommit(await tx.connection())
+      throw new Error('validation failed')
+    }).catch((error: { code?: unknown, cause?: { message?: unknown } }) => [error.code, error.cause?.message])
+    return 'ok'
+  })
+  const res = await app.inject({ method: 'POST', url: '/route' })
   t.equal(res.statusCode, 500, 'never a silent success')
   t.equal(res.json().code, 'FST_PG_TRANSACTION_ENDED_EARLY')
-  t.ok(lines.some((l) => l.level === 40 && /already ended/.test(l.msg)), 'a warn line')
+  await app.inject({ method: 'POST', url: '/fn' })
+  t.same(rejected, ['FST_PG_TRANSACTION_ENDED_EARLY', 'validation failed'], "not fn's error alone: that would claim a rollback")
+  t.same(await notes(), ['a', 'b', 'c'], 'what the error warns of')
+  t.equal(lines.filter((l) => l.level === 40 && /already ended/.test(l.msg)).length, 2, 'a warn line each')
 })
 
 t.test('transaction() after the user began one: a savepoint, the user\'s transaction stays theirs', async (t) => {
