@@ -355,7 +355,7 @@ export class RequestHandle implements RequestDb {
    */
   #end (completed: boolean): void {
     this.#ended = true
-    if (completed && (this.#running || this.#queue.length > 0) && this.#state !== 'unused') return
+    if (completed && (this.#running || this.#queue.length > 0)) return
     this.#move('released')
   }
 
@@ -516,7 +516,7 @@ export class RequestHandle implements RequestDb {
     const job = this.#queue.shift()
     if (job !== undefined) this.#send(job)
     // The request ended while statements it issued were still to run: they have.
-    else if (this.#ended && !this.#running && this.#state === 'held') this.#move('released')
+    else if (this.#ended && this.#state === 'held') this.#move('released')
   }
 
   /** Rejects every waiting statement; none of them ran. */

@@ -28,8 +28,8 @@ const MAY_CONTROL = /\b(?:begin|start|commit|end|rollback|abort|savepoint|releas
 export function isTransactionControl (statement: unknown): boolean {
   const text = textOf(statement)
   if (text === undefined || !MAY_CONTROL.test(text)) return false
-  const [first, second] = lex(text, 2)
-  if (first === undefined) return false
+  // (a word in a comment, no token at all: neither test below holds)
+  const [first = '', second] = lex(text, 2)
   if (CONTROL_WORDS.has(first)) return true
   return second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')
 }

@@ -141,8 +141,8 @@ export interface Step {
 type Status = string | null
 
 /** The last command's result: a statement string of several commands answers with a list. */
-function last (result: unknown): { command?: string } | undefined {
-  return (Array.isArray(result) ? result[result.length - 1] : result) as { command?: string } | undefined
+function last (result: unknown): { command: string } {
+  return (Array.isArray(result) ? result[result.length - 1] : result) as { command: string }
 }
 
 export class Frames {
@@ -233,11 +233,6 @@ export class Frames {
     }
     return { statement: typeof statement === 'string' ? sql : { ...(statement as object), text: sql }, commits: false, after }
   }
-
-  /** The connection is gone, or the transaction ended: nothing is open any more. */
-  clear (): void {
-    this.#stack.length = 0
-  }
 }
 
 function abortedError (error: Error | null): Error {
@@ -246,6 +241,6 @@ function abortedError (error: Error | null): Error {
 
 /** COMMIT of a transaction PostgreSQL aborted answers ROLLBACK, without an error. */
 function checkCommitted (error: Error | null, result: unknown): Error | null {
-  if (error === null && last(result)?.command === 'ROLLBACK') return new PgTransactionAbortedError()
+  if (error === null && last(result).command === 'ROLLBACK') return new PgTransactionAbortedError()
   return null
 }

@@ -30,7 +30,7 @@ const cases: Case[] = [
 ]
 
 for (const c of cases) {
-  t.test(`sessionReset 'auto' broken: ${c.name}: the next request on the same backend must see a clean session`, async (t) => {
+  t.test(`regression, was: sessionReset 'auto' broken: ${c.name}: the next request on the same backend must see a clean session`, async (t) => {
     const app = await buildApp(t, db, { max: 1 })
     app.get('/change', async (req) => {
       await req.db.query(c.change)
@@ -53,7 +53,7 @@ async function killBackend (pid: number): Promise<void> {
   await until(async () => (await db.admin('select 1 from pg_stat_activity where pid = $1', [pid])).rowCount === 0, 'the backend is gone')
 }
 
-t.test('retry promise broken: after SET ROLE hidden behind a \\r-ended comment, a retry:true statement runs with the pool\'s rights', async (t) => {
+t.test('regression, was: retry promise broken: after SET ROLE hidden behind a \\r-ended comment, a retry:true statement runs with the pool\'s rights', async (t) => {
   const app = await buildApp(t, db)
   app.get('/', async (req) => {
     await req.db.query('-- tenant 7\rset role tenant_reader')

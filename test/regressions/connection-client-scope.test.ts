@@ -16,7 +16,7 @@ const notes = async (): Promise<string[]> => (await db.admin('select note from l
 const insert = (note: string): string => `insert into ledger values ('${note}')`
 const code = (error: unknown): unknown => (error as { code?: unknown }).code
 
-t.test('"while transaction(fn) runs, only the db passed to fn sends statements" broken: a connection() client taken before sends into the transaction, and its acknowledged insert is rolled back with it', async (t) => {
+t.test('regression, was: "while transaction(fn) runs, only the db passed to fn sends statements" broken: a connection() client taken before sends into the transaction, and its acknowledged insert is rolled back with it', async (t) => {
   const app = await buildApp(t, db)
   let outcome: unknown
   app.post('/', async (req) => {
@@ -38,7 +38,7 @@ t.test('"while transaction(fn) runs, only the db passed to fn sends statements" 
   await assertReturned(t, app, db)
 })
 
-t.test('"a transaction() opened inside [the user\'s BEGIN] becomes a savepoint of it" broken when the BEGIN went through connection() and was not awaited yet: the user\'s ROLLBACK undoes nothing', async (t) => {
+t.test('regression, was: "a transaction() opened inside [the user\'s BEGIN] becomes a savepoint of it" when the BEGIN went through connection() and was not awaited yet broken: the user\'s ROLLBACK undoes nothing', async (t) => {
   const app = await buildApp(t, db)
   app.post('/', async (req) => {
     const client = await req.db.connection()
@@ -54,7 +54,7 @@ t.test('"a transaction() opened inside [the user\'s BEGIN] becomes a savepoint o
   await assertReturned(t, app, db)
 })
 
-t.test("sessionReset 'auto' broken through connection(): a pg-query-stream (no .text of its own) that calls set_config(..., false) leaves its setting to the next request", async (t) => {
+t.test("regression, was: sessionReset 'auto' through connection() broken: a pg-query-stream (no .text of its own) that calls set_config(..., false) leaves its setting to the next request", async (t) => {
   const app = await buildApp(t, db, { max: 1 })
   app.get('/change', async (req) => {
     const client = await req.db.connection()
@@ -69,7 +69,7 @@ t.test("sessionReset 'auto' broken through connection(): a pg-query-stream (no .
   t.same((await app.inject('/probe')).json(), { v: '' }, 'the next request sees no tenant')
 })
 
-t.test("sessionReset 'auto' broken through connection(): SET ROLE in a pg-query-stream reaches the next request", async (t) => {
+t.test("regression, was: sessionReset 'auto' through connection() broken: SET ROLE in a pg-query-stream reaches the next request", async (t) => {
   const app = await buildApp(t, db, { max: 1 })
   app.get('/change', async (req) => {
     const client = await req.db.connection()

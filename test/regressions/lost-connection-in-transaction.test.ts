@@ -20,7 +20,7 @@ async function killBackend (pid: number): Promise<void> {
   await until(async () => (await db.admin('select 1 from pg_stat_activity where pid = $1', [pid])).rowCount === 0, 'the backend is gone')
 }
 
-t.test('wrong code: transaction(fn) whose fn caught a lost connection rejects FST_PG_TRANSACTION_ENDED_EARLY ("may be committed") though nothing can have committed', async (t) => {
+t.test('regression, was: wrong code: transaction(fn) whose fn caught a lost connection rejects FST_PG_TRANSACTION_ENDED_EARLY ("may be committed") though nothing can have committed', async (t) => {
   const app = await buildApp(t, db)
   let result: unknown
   app.post('/', async (req) => {
@@ -39,7 +39,7 @@ t.test('wrong code: transaction(fn) whose fn caught a lost connection rejects FS
   await assertReturned(t, app, db)
 })
 
-t.test('wrong code: a route transaction whose handler caught a lost connection answers FST_PG_TRANSACTION_ENDED_EARLY ("may be committed") though nothing can have committed', async (t) => {
+t.test('regression, was: wrong code: a route transaction whose handler caught a lost connection answers FST_PG_TRANSACTION_ENDED_EARLY ("may be committed") though nothing can have committed', async (t) => {
   const app = await buildApp(t, db)
   app.post('/', { config: { pgPool: { transaction: true } } }, async (req) => {
     await req.db.query(insert('a'))

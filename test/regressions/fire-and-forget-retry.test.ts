@@ -18,7 +18,7 @@ t.test('fire-and-forget with an observer: the retried statement settles (probe)'
   t.match(child.stdout, /rejected \(observed\)/)
 })
 
-t.test('"never crash" broken: an unobserved fire-and-forget retry:true statement, refused after the client aborted while it waited for its new connection, is an unhandled rejection that kills the process', async (t) => {
+t.test('regression, was: "never crash" broken: an unobserved fire-and-forget retry:true statement, refused after the client aborted while it waited for its new connection, is an unhandled rejection that kills the process', async (t) => {
   const child = runNode(['--import', 'tsx', script, db.url, '/ff-bare'], { timeout: 30_000 })
   t.equal(child.status, 0, `the process exited normally (stderr: ${child.stderr.slice(0, 800)})`)
 })
