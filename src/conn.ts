@@ -78,13 +78,14 @@ export class Conn {
   }
 
   /**
-   * Statements someone else handed to pg on this client are still running or queued (a
-   * `connection()` client's), so the transaction status pg reports is not the one our next
-   * statement will meet.
+   * pg has not read the server's ReadyForQuery for everything it was handed: a statement that
+   * failed is reported at its ErrorResponse, before the ReadyForQuery that carries the new
+   * transaction status, and a `connection()` client may have statements running or queued. The
+   * status pg reports now is not the one the next statement will meet; 'drain' says when it is.
    */
-  othersPending (): boolean {
-    const client = this.client as unknown as { _activeQuery: unknown, _queryQueue: unknown[] }
-    return client._activeQuery != null || client._queryQueue.length > 0
+  unsettled (): boolean {
+    const client = this.client as unknown as { readyForQuery: boolean, _activeQuery: unknown, _queryQueue: unknown[] }
+    return !client.readyForQuery || client._activeQuery != null || client._queryQueue.length > 0
   }
 
   /** Records a query error; a connection-class one condemns the connection. */

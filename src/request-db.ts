@@ -435,8 +435,8 @@ export class RequestHandle implements RequestDb {
   #send (job: Job): void {
     const conn = this.#conn as Conn
     // What the plugin sends for transaction control depends on the status the statement will
-    // meet: statements a connection() client handed to pg first must have run.
-    if ((job.plan !== undefined || this.#frames.size > 0) && conn.othersPending()) return this.#afterOthers(conn, job)
+    // meet: pg must have read it (see Conn.unsettled).
+    if ((job.plan !== undefined || this.#frames.size > 0) && conn.unsettled()) return this.#whenSettled(conn, job)
     const tx = conn.client.getTransactionStatus()
     // Session state left by this checkout so far: a fresh connection would not have it.
     const stateless = !conn.dirty
@@ -500,7 +500,7 @@ export class RequestHandle implements RequestDb {
     }
   }
 
-  #afterOthers (conn: Conn, job: Job): void {
+  #whenSettled (conn: Conn, job: Job): void {
     this.#queue.unshift(job)
     const { client } = conn
     const go = (): void => {
