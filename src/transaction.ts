@@ -140,11 +140,6 @@ export interface Step {
 /** pg's `getTransactionStatus()`: I (idle), T (in a transaction), E (in a failed one); null before connecting. */
 type Status = string | null
 
-/** The last command's result: a statement string of several commands answers with a list. */
-function last (result: unknown): { command: string } {
-  return (Array.isArray(result) ? result[result.length - 1] : result) as { command: string }
-}
-
 export class Frames {
   readonly #stack: Frame[] = []
 
@@ -197,7 +192,7 @@ export class Frames {
     const aborted = status === 'E' && above === undefined
     if (savepoint === undefined) {
       if (!commit || aborted) return { statement: 'rollback', commits: false, after: aborted ? abortedError : undefined }
-      return { statement: `${unfinished}commit`, commits: true, after: checkCommitted }
+      return { statement: `${unfinished}commit`, commits: true }
     }
     if (!commit || aborted) return { statement: `rollback to savepoint ${savepoint}`, commits: false, after: aborted ? abortedError : undefined }
     return { statement: `${unfinished}release savepoint ${savepoint}`, commits: false }
@@ -237,10 +232,4 @@ export class Frames {
 
 function abortedError (error: Error | null): Error {
   return error ?? new PgTransactionAbortedError()
-}
-
-/** COMMIT of a transaction PostgreSQL aborted answers ROLLBACK, without an error. */
-function checkCommitted (error: Error | null, result: unknown): Error | null {
-  if (error === null && last(result).command === 'ROLLBACK') return new PgTransactionAbortedError()
-  return null
 }

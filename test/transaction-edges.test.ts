@@ -202,3 +202,35 @@ t.test('a statement fired after the reply whose checkout then fails: refused, no
   t.same(await notes(), [])
   await assertReturned(t, app, db)
 })
+
+t.test('connection() on a transactional route whose BEGIN is still on its way when the client aborts: refused', async (t) => {
+  const { proxy, url } = await proxied(t, db)
+  const app = await buildApp(t, db, { connectionString: url, pingIdleMs: false })
+  await app.pg.query('select 1') // one pooled connection, through the proxy
+  const outcome = deferred<unknown>()
+  app.post('/', tx, async (req) => {
+    outcome.resolve(await req.db.connection().then(() => 'a client', code))
+    return 'x'
+  })
+  const sent = send(await listen(app), { method: 'POST', body: {} })
+  proxy.hold() // the BEGIN waits in the kernel
+  await until(() => app.pg.stats().active === 1, 'the checkout holds the connection')
+  sent.req.destroy()
+  await sent.done
+  proxy.resume()
+  t.equal(await outcome.promise, 'FST_PG_REQUEST_ENDED')
+  await assertReturned(t, app, db)
+})
+
+t.test('in process: a statement the handler did not await runs after the reply, then the connection goes back', async (t) => {
+  const app = await buildApp(t, db)
+  app.post('/', async (req) => {
+    req.db.query(insert('fired')).catch(() => {})
+    req.db.query(insert('and forgotten')).catch(() => {})
+    return 'answered'
+  })
+  t.equal((await app.inject({ method: 'POST', url: '/' })).body, 'answered')
+  await until(async () => (await notes()).length === 2, 'both ran')
+  t.same(await notes(), ['and forgotten', 'fired'])
+  await assertReturned(t, app, db)
+})

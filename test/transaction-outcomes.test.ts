@@ -288,6 +288,11 @@ t.test('last line of defence: a transaction found ended when the plugin ends it 
     await req.db.query(insert('b'))
     return { ok: true }
   })
+  app.post('/refused', tx, async (req, reply) => {
+    await req.db.query(insert('d'))
+    await rawCommit(await req.db.connection())
+    return reply.code(409).send({ conflict: true })
+  })
   let rejected: unknown
   app.post('/fn', async (req) => {
     rejected = await req.db.transaction(async (tx) => {
@@ -300,10 +305,12 @@ t.test('last line of defence: a transaction found ended when the plugin ends it 
   const res = await app.inject({ method: 'POST', url: '/route' })
   t.equal(res.statusCode, 500, 'never a silent success')
   t.equal(res.json().code, 'FST_PG_TRANSACTION_ENDED_EARLY')
+  const refused = await app.inject({ method: 'POST', url: '/refused' })
+  t.equal(refused.json().code, 'FST_PG_TRANSACTION_ENDED_EARLY', 'a 4xx too: its rollback had nothing left to undo')
   await app.inject({ method: 'POST', url: '/fn' })
   t.same(rejected, ['FST_PG_TRANSACTION_ENDED_EARLY', 'validation failed'], "not fn's error alone: that would claim a rollback")
-  t.same(await notes(), ['a', 'b', 'c'], 'what the error warns of')
-  t.equal(lines.filter((l) => l.level === 40 && /already ended/.test(l.msg)).length, 2, 'a warn line each')
+  t.same(await notes(), ['a', 'b', 'c', 'd'], 'what the error warns of')
+  t.equal(lines.filter((l) => l.level === 40 && /already ended/.test(l.msg)).length, 3, 'a warn line each')
 })
 
 t.test('transaction() after the user began one: a savepoint, the user\'s transaction stays theirs', async (t) => {
