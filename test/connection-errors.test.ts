@@ -21,8 +21,11 @@ t.test('a backend terminated while checked out: that request fails cleanly, the 
   const proceed = deferred()
   app.get('/victim', async (req) => {
     const { rows } = await req.db.query('select pg_backend_pid() as pid')
+    const client = await req.db.connection()
+    const heard = new Promise((resolve) => client.once('end', resolve))
     pidSeen.resolve(rows[0].pid)
     await proceed.promise
+    await heard // pg has read the termination (else the statement could still be written: a 500)
     await req.db.query('select 1')
     return 'unreachable'
   })

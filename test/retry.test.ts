@@ -3,6 +3,7 @@
  * a connection-class error; never inside a transaction, never for other errors.
  */
 import t from 'tap'
+import type { RequestDb } from '../src/index.js'
 import { buildApp } from './helpers/app.js'
 import { proxied } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
@@ -17,6 +18,14 @@ async function killBackend (pid: number): Promise<void> {
 }
 
 const pidSql = 'select pg_backend_pid() as pid'
+
+/** Kills the request's backend and waits until pg has read it (so the next statement is never written). */
+async function killRequestBackend (req: { db: RequestDb }): Promise<void> {
+  const client = await req.db.connection()
+  const heard = new Promise((resolve) => client.once('end', resolve))
+  await killBackend((await req.db.query(pidSql)).rows[0].pid)
+  await heard
+}
 
 t.test('request.db: a retry statement survives its connection dying', async (t) => {
   const app = await buildApp(t, db)
@@ -38,7 +47,7 @@ t.test('request.db: a retry statement survives its connection dying', async (t) 
 t.test('request.db: without retry, the statement fails', async (t) => {
   const app = await buildApp(t, db)
   app.get('/', async (req) => {
-    await killBackend((await req.db.query(pidSql)).rows[0].pid)
+    await killRequestBackend(req)
     return (await req.db.query(pidSql)).rows
   })
   // pg had already read the termination: the statement was never written, so 503, safe to retry.
@@ -52,7 +61,7 @@ t.test('request.db: never retried inside a transaction', async (t) => {
   const app = await buildApp(t, db)
   app.get('/', async (req) => {
     await req.db.query('begin')
-    await killBackend((await req.db.query(pidSql)).rows[0].pid)
+    await killRequestBackend(req)
     return (await req.db.query({ text: pidSql, retry: true })).rows
   })
   const res = await app.inject('/')
