@@ -52,8 +52,12 @@ export class Conn {
     this.#onLost = onLost
   }
 
+  /** The session is over (its socket closed, or the server said FATAL): nothing sent on it runs. */
+  dead = false
+
   /** The connection died (its socket closed, or a connection-class error). */
   lost (): void {
+    this.dead = true
     if (this.broken) return
     this.broken = true
     this.#onLost(this)

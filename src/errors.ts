@@ -206,13 +206,17 @@ export function isConnectionError (error: unknown): boolean {
  * A COMMIT that was sent may have committed.
  */
 export function lostConnectionError (error: Error, commit: boolean): Error {
-  if (NOT_SENT_MESSAGES.some((m) => error.message.startsWith(m))) {
-    const lost = new PgConnectionLostError('before the statement was sent; it did not run', { cause: error })
-    lost.statusCode = 503
-    return withRetryAfter(lost, 1)
-  }
+  if (error instanceof PgConnectionLostError) return error
+  if (NOT_SENT_MESSAGES.some((m) => error.message.startsWith(m))) return notSentError(error)
   if (commit) return new PgCommitUnknownError({ cause: error })
   return new PgConnectionLostError('while the statement ran; it may or may not have taken effect', { cause: error })
+}
+
+/** The connection was already known lost: the statement was not sent (nothing ran; 503). */
+export function notSentError (cause: unknown): Error {
+  const lost = new PgConnectionLostError('before the statement was sent; it did not run', { cause })
+  lost.statusCode = 503
+  return withRetryAfter(lost, 1)
 }
 
 /**

@@ -7,6 +7,7 @@ import {
   PgTransactionScopeError,
   isConnectionError,
   lostConnectionError,
+  notSentError,
   refused
 } from './errors.js'
 import { guardClient, type GuardedClient } from './guard.js'
@@ -436,7 +437,7 @@ export class RequestHandle implements RequestDb {
     const conn = this.#conn as Conn
     // What the plugin sends for transaction control depends on the status the statement will
     // meet: pg must have read it (see Conn.unsettled).
-    if ((job.plan !== undefined || this.#frames.size > 0) && conn.unsettled()) return this.#whenSettled(conn, job)
+    if ((job.plan !== undefined || this.#frames.size > 0) && !conn.dead && conn.unsettled()) return this.#whenSettled(conn, job)
     const tx = conn.client.getTransactionStatus()
     // Session state left by this checkout so far: a fresh connection would not have it.
     const stateless = !conn.dirty
@@ -492,6 +493,9 @@ export class RequestHandle implements RequestDb {
       }
       this.#next()
     }
+    // The session is over (the server said FATAL, or the socket closed): nothing sent would run.
+    // pg may not know yet and would write it, and a COMMIT written then would read as unknown.
+    if (conn.dead) return done(notSentError(new Error('the connection was already lost')))
     try {
       sendStatement(conn.client, statement, job.values, timeoutMs, done)
     } catch (error) {

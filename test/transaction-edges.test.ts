@@ -234,3 +234,19 @@ t.test('in process: a statement the handler did not await runs after the reply, 
   t.same(await notes(), ['and forgotten', 'fired'])
   await assertReturned(t, app, db)
 })
+
+t.test('regression, was: a hang: the connection died while a statement of transaction() ran, fn caught it, and the COMMIT waited for a ReadyForQuery that never comes', async (t) => {
+  const app = await buildApp(t, db)
+  app.post('/', async (req) => await req.db.transaction(async (tx) => {
+    await tx.query(insert('lost'))
+    const { rows: [{ pid }] } = await tx.query('select pg_backend_pid() as pid')
+    const running = tx.query('select pg_sleep(5)').then(() => 'ran', code)
+    await until(async () => (await db.admin("select 1 from pg_stat_activity where pid = $1 and state = 'active'", [pid])).rowCount === 1, 'the statement runs')
+    await db.admin('select pg_terminate_backend($1)', [pid])
+    return await running // caught: fn goes on to COMMIT
+  }).catch(code))
+  const res = await app.inject({ method: 'POST', url: '/' })
+  t.equal(res.body, 'FST_PG_CONNECTION_LOST', `answered, and coded: nothing committed (${res.body})`)
+  t.same(await notes(), [])
+  await assertReturned(t, app, db)
+})
