@@ -144,3 +144,18 @@ t.test('a connection lost while the statement ran: FST_PG_CONNECTION_LOST, 500 (
   t.match(res.json().message, /may or may not have taken effect/)
   await assertReturned(t, app, db)
 })
+
+t.test('a connection() client whose backend is gone: its statement is refused by pg, unsent: 503 FST_PG_CONNECTION_LOST', async (t) => {
+  const app = await buildApp(t, db)
+  app.get('/', async (req) => {
+    const client = await req.db.connection()
+    const { rows: [{ pid }] } = await client.query('select pg_backend_pid() as pid')
+    const heard = new Promise((resolve) => client.once('end', resolve))
+    await terminate(pid)
+    await heard
+    const error = await client.query('select 1').catch((e: { code?: string, statusCode?: number }) => e)
+    return { code: error.code, statusCode: error.statusCode }
+  })
+  t.same((await app.inject('/')).json(), { code: 'FST_PG_CONNECTION_LOST', statusCode: 503 })
+  await assertReturned(t, app, db)
+})
