@@ -29,6 +29,8 @@ async function killBackend (pid: number): Promise<void> {
 /** Each sets state that decides what `select v from secrets` may return. */
 const states: Array<{ name: string, sql: string, sees: string }> = [
   { name: 'SET ROLE', sql: 'set role tenant_a', sees: 'permission denied' },
+  // (a regression: PostgreSQL ends a -- comment at \r too, and the text check did not)
+  { name: 'SET ROLE behind a -- comment ended by \\r', sql: '-- tenant 7\rset role tenant_a', sees: 'permission denied' },
   { name: 'SET search_path', sql: 'set search_path = tenant_a_schema', sees: 'tenant a' },
   { name: 'set_config', sql: "select set_config('search_path', 'tenant_a_schema', false)", sees: 'tenant a' },
   { name: 'a temporary table', sql: "create temp table secrets as select 'temporary' as v", sees: 'temporary' }

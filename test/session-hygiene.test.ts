@@ -30,7 +30,14 @@ const cases: Case[] = [
   { name: 'CREATE TEMP TABLE', change: 'create temp table scratch (x int)', probe: "select to_regclass('pg_temp.scratch') is null as v", clean: true },
   { name: 'LISTEN', change: 'listen tenant_events', probe: 'select count(*)::int as v from pg_listening_channels()', clean: 0 },
   { name: 'pg_advisory_lock', change: 'select pg_advisory_lock(777)', probe: "select count(*)::int as v from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()", clean: 0 },
-  { name: 'PREPARE', change: 'prepare leftover as select 1', probe: 'select count(*)::int as v from pg_prepared_statements', clean: 0 }
+  { name: 'PREPARE', change: 'prepare leftover as select 1', probe: 'select count(*)::int as v from pg_prepared_statements', clean: 0 },
+  // Regressions (found by an adversarial pass): spellings of the same state the text check missed.
+  // PostgreSQL ends a -- comment at \r as well as \n.
+  { name: 'SET ROLE after a -- comment ended by \\r', change: '-- tenant 7\rset role tenant_reader', probe: 'select current_user::text as v', clean: 'postgres' },
+  { name: 'a temporary table made as pg_temp.name', change: 'create table pg_temp.scratch (x int)', probe: "select to_regclass('pg_temp.scratch') is null as v", clean: true },
+  { name: 'a temporary table made by SELECT INTO TEMP', change: 'select 1 as x into temp scratch', probe: "select to_regclass('pg_temp.scratch') is null as v", clean: true },
+  { name: 'CREATE TEMP RECURSIVE VIEW', change: 'create temp recursive view scratch (n) as values (1)', probe: "select to_regclass('pg_temp.scratch') is null as v", clean: true },
+  { name: 'a temporary function (pg_temp.f)', change: 'create function pg_temp.tenant() returns int language sql as $$ select 7 $$', probe: "select count(*)::int as v from pg_proc where proname = 'tenant' and pronamespace = pg_my_temp_schema()", clean: 0 }
 ]
 
 for (const c of cases) {

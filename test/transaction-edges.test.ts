@@ -10,16 +10,11 @@ import t from 'tap'
 import { assertReturned, buildApp, holdRoute } from './helpers/app.js'
 import { proxied } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
+import { code, ledger, tx } from './helpers/ledger.js'
 import { deferred, listen, send, until } from './helpers/util.js'
 
 const db = await setupDatabase(t)
-await db.admin('create table ledger (note text)')
-t.beforeEach(async () => { await db.admin('truncate ledger') })
-
-const notes = async (): Promise<string[]> => (await db.admin('select note from ledger order by note')).rows.map((r) => r.note)
-const insert = (note: string): string => `insert into ledger values ('${note}')`
-const code = (error: unknown): unknown => (error as { code?: unknown }).code
-const tx = { config: { pgPool: { transaction: true } } }
+const { notes, insert } = await ledger(t, db)
 
 t.test('a transaction() whose client aborted: its COMMIT is refused, nothing committed', async (t) => {
   const app = await buildApp(t, db)

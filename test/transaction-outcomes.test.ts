@@ -10,16 +10,11 @@ import t from 'tap'
 import pgPool, { type RequestDb } from '../src/index.js'
 import { assertReturned, buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
+import { code, ledger, tx } from './helpers/ledger.js'
 import { logLines } from './helpers/util.js'
 
 const db = await setupDatabase(t)
-await db.admin('create table ledger (note text primary key)')
-t.beforeEach(async () => { await db.admin('truncate ledger') })
-
-const notes = async (): Promise<string[]> => (await db.admin('select note from ledger order by note')).rows.map((r) => r.note)
-const insert = (note: string): string => `insert into ledger values ('${note}')`
-const code = (error: unknown): unknown => (error as { code?: unknown }).code
-const tx = { config: { pgPool: { transaction: true } } }
+const { notes, insert } = await ledger(t, db, { unique: true })
 
 /** Kysely on `request.db`: each of its queries is a request.db.query() call. */
 function kyselyOn (reqDb: RequestDb): Kysely<any> {

@@ -8,15 +8,10 @@
 import t from 'tap'
 import { assertReturned, buildApp } from '../helpers/app.js'
 import { setupDatabase } from '../helpers/postgres.js'
+import { code, ledger, tx } from '../helpers/ledger.js'
 
 const db = await setupDatabase(t)
-await db.admin('create table ledger (note text primary key)')
-t.beforeEach(async () => { await db.admin('truncate ledger') })
-
-const notes = async (): Promise<string[]> => (await db.admin('select note from ledger order by note')).rows.map((r) => r.note)
-const insert = (note: string): string => `insert into ledger values ('${note}')`
-const code = (error: unknown): unknown => (error as { code?: unknown }).code
-const tx = { config: { pgPool: { transaction: true } } }
+const { notes, insert } = await ledger(t, db, { unique: true })
 
 // PostgreSQL reads both as a plain COMMIT: a -- comment ends at \r as well as \n, and block
 // comments nest (/* a /* b */ c */ is one comment).
