@@ -1,4 +1,5 @@
 import createError from '@fastify/error'
+import { refusedUnsent, saysLost } from './pg-internals.js'
 
 /**
  * Every error this plugin raises has a stable `code`; match on it, never on the message.
@@ -173,13 +174,6 @@ const SESSION_ENDED_CODES = new Set([
 
 const SOCKET_ERROR_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH'])
 
-/** pg's own words for a client that refused a query without writing it. */
-const NOT_SENT_MESSAGES = [
-  'Client has encountered a connection error and is not queryable',
-  'Client was closed and is not queryable'
-]
-const CONNECTION_ERROR_MESSAGES = ['Connection terminated', ...NOT_SENT_MESSAGES]
-
 const LOST_CODES = new Set(['FST_PG_CONNECTION_LOST', 'FST_PG_COMMIT_UNKNOWN'])
 
 /**
@@ -197,7 +191,7 @@ export function isConnectionError (error: unknown): boolean {
   if (severity === 'FATAL' || severity === 'PANIC') return true
   if (severity === 'ERROR') return false
   if (typeof code === 'string' && (code.startsWith('08') || SESSION_ENDED_CODES.has(code) || SOCKET_ERROR_CODES.has(code) || LOST_CODES.has(code))) return true
-  return typeof message === 'string' && CONNECTION_ERROR_MESSAGES.some((m) => message.startsWith(m))
+  return typeof message === 'string' && saysLost(message)
 }
 
 /**
@@ -207,7 +201,7 @@ export function isConnectionError (error: unknown): boolean {
  */
 export function lostConnectionError (error: Error, commit: boolean): Error {
   if (error instanceof PgConnectionLostError) return error
-  if (NOT_SENT_MESSAGES.some((m) => error.message.startsWith(m))) return notSentError(error)
+  if (refusedUnsent(error.message)) return notSentError(error)
   if (commit) return new PgCommitUnknownError({ cause: error })
   return new PgConnectionLostError('while the statement ran; it may or may not have taken effect', { cause: error })
 }
@@ -217,15 +211,6 @@ export function notSentError (cause: unknown): Error {
   const lost = new PgConnectionLostError('before the statement was sent; it did not run', { cause })
   lost.statusCode = 503
   return withRetryAfter(lost, 1)
-}
-
-/**
- * pg's `query_timeout` fired: the server may still be running the statement and the client is
- * left with a query it cannot finish. That connection must be destroyed, but the server is not
- * known to be gone (so its peers are not suspect, and the statement is not retried).
- */
-export function isReadTimeout (error: unknown): boolean {
-  return error instanceof Error && error.message === 'Query read timeout'
 }
 
 /**

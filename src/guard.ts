@@ -2,22 +2,8 @@ import type { PoolClient } from 'pg'
 import type { Conn } from './conn.js'
 import { noop } from './deadline.js'
 import { isConnectionError, lostConnectionError, PgCommitUnknownError, refused } from './errors.js'
+import { unsubmitted, type Submittable } from './pg-internals.js'
 import { commits } from './transaction.js'
-
-/** A cursor or stream passed to `client.query()` (pg-cursor, pg-query-stream, ...). */
-interface Submittable {
-  submit (...args: unknown[]): unknown
-  destroy?: () => unknown
-  close?: (callback: () => void) => unknown
-  /** pg-cursor: set when pg submits it. pg-query-stream: `cursor` holds the pg-cursor. */
-  connection?: unknown
-  cursor?: { connection?: unknown }
-}
-
-/** Not yet sent: still waiting in pg's queue behind another query. */
-function unsent (cursor: Submittable): boolean {
-  return (cursor.cursor ?? cursor).connection == null
-}
 
 export interface GuardedClient {
   /** The real pg client, except for `query` (refused when over) and `release` (the checkout's). */
@@ -97,7 +83,7 @@ export function guardClient (
       // A stream's destroy() closes its cursor; a bare cursor has close(). Both are no-ops
       // once the cursor is done.
       for (const cursor of cursors.splice(0)) {
-        if (unsent(cursor)) conn.broken = true
+        if (unsubmitted(cursor)) conn.condemn('error')
         else if (typeof cursor.destroy === 'function') cursor.destroy()
         else if (typeof cursor.close === 'function') cursor.close(noop)
       }

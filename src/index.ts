@@ -3,9 +3,10 @@ import fp from 'fastify-plugin'
 import pg from 'pg'
 import { PgInvalidOptionError, PgNotReadyError } from './errors.js'
 import { resolveOptions, type PgPoolOptions } from './options.js'
-import { PgPool, type PoolStats } from './pool.js'
+import { Pool, type PgPool, type PoolStats } from './pool.js'
 import { createPressure, registerPressure, type Pressure } from './pressure.js'
-import { RequestHandle, type RequestDb } from './request-db.js'
+import type { RequestDb } from './db.js'
+import { RequestHandle } from './request-db.js'
 import { routeSettings, setupRoute, type PgRouteConfig } from './route.js'
 
 export {
@@ -33,7 +34,7 @@ export type { PgPool, PoolCounts, PoolStats } from './pool.js'
 export type { PoolCounters, Summary } from './metrics.js'
 export type { Pressure } from './pressure.js'
 export type { PgRouteConfig } from './route.js'
-export type { RequestDb } from './request-db.js'
+export type { RequestDb } from './db.js'
 export type { TransactionOptions } from './transaction.js'
 
 /** `fastify.pg` */
@@ -80,7 +81,7 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
       'under-pressure options while it is registered'
     )
   }
-  const pool = new PgPool(options, fastify.log)
+  const pool = new Pool(options, fastify.log)
   const pressure = options.underPressure === false
     ? createPressure(pool, fastify.log)
     : await registerPressure(fastify, pool, options.underPressure)
@@ -117,7 +118,7 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
   })
   // preClose runs before Fastify waits for in-flight requests: the close deadline starts there.
   fastify.addHook('preClose', (done) => {
-    pool.drain()
+    pool.windDown()
     done()
   })
   fastify.addHook('onClose', () => pool.close())

@@ -38,16 +38,17 @@ export class LeakDetector {
   #sweep (): void {
     const now = performance.now()
     for (const conn of this.#connections) {
-      if (conn.state !== 'lent' || conn.leaked || now - conn.lentAt < this.#thresholdMs) continue
-      conn.leaked = true
+      const { lease } = conn
+      if (lease === undefined || lease.leaked || now - lease.since < this.#thresholdMs) continue
+      lease.leaked = true
       this.#onLeak()
-      const { holder } = conn
+      const { holder } = lease
       this.#log.warn({
         requestId: holder?.id,
         method: holder?.method,
         route: holder?.routeOptions.url,
-        heldMs: Math.round(now - conn.lentAt),
-        stack: conn.origin?.stack
+        heldMs: Math.round(now - lease.since),
+        stack: lease.origin?.stack
       }, `fastify-pg-pool: a connection has been checked out for more than leakDetectionMs (${this.#thresholdMs} ms)`)
     }
   }

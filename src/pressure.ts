@@ -2,7 +2,7 @@ import createError from '@fastify/error'
 import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { PgSaturatedError } from './errors.js'
-import type { PgPool } from './pool.js'
+import type { Pool } from './pool.js'
 
 type HealthCheck = NonNullable<FastifyUnderPressureOptions['healthCheck']>
 type PressureHandler = NonNullable<FastifyUnderPressureOptions['pressureHandler']>
@@ -35,9 +35,9 @@ const CHECK_INTERVAL_MS = 25
 /**
  * Pool saturation as under-pressure sees it: a health check that fails while the pool is
  * saturated, and a pressure handler that answers those requests with `FST_PG_SATURATED` and a
- * `Retry-After` from the measured drain rate — unless the route opted out.
+ * `Retry-After` from the measured rate of returns — unless the route opted out.
  */
-export function createPressure (pool: PgPool, log: FastifyInstance['log'], userCheck?: HealthCheck, userHandler?: PressureHandler): Pressure {
+export function createPressure (pool: Pool, log: FastifyInstance['log'], userCheck?: HealthCheck, userHandler?: PressureHandler): Pressure {
   /** Why the last check failed: the pool, or the app's own health check. */
   let cause: 'pool' | 'user' | undefined
   let lastDiagnosis = -Infinity
@@ -105,7 +105,7 @@ const UnderPressureError = createError('FST_UNDER_PRESSURE', 'Service Unavailabl
  * (event loop, memory, the app's own health check) keeps under-pressure's behaviour: its own
  * pressure handler if one was given, else a 503 with its `retryAfter`.
  */
-export async function registerPressure (fastify: FastifyInstance, pool: PgPool, options: FastifyUnderPressureOptions): Promise<Pressure> {
+export async function registerPressure (fastify: FastifyInstance, pool: Pool, options: FastifyUnderPressureOptions): Promise<Pressure> {
   const retryAfter = options.retryAfter ?? 10
   const fallback: PressureHandler = options.pressureHandler ?? ((_request: FastifyRequest, reply: FastifyReply) => {
     reply.header('retry-after', retryAfter)

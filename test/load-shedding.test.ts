@@ -8,7 +8,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
 import { holdRoute } from './helpers/app.js'
-import { DrainRate } from '../src/drain.js'
+import { ReturnRate } from '../src/return-rate.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred, logLines, until } from './helpers/util.js'
 
@@ -79,7 +79,7 @@ t.test('saturated: shed in onRequest before parsing and handler; opted-out route
 })
 
 t.test('Retry-After follows the queue and the measured drain rate', async (t) => {
-  const rate = new DrainRate()
+  const rate = new ReturnRate()
   t.equal(rate.retryAfterSeconds(5, 2000), 2, 'nothing drained lately: the checkout deadline')
   const now = performance.now()
   for (let i = 0; i < 20; i++) rate.record(now - i * 50) // 20 returns in the last second

@@ -4,7 +4,7 @@
  */
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import t from 'tap'
-import { buildApp, holdRoute } from './helpers/app.js'
+import { buildApp, holdRoute, poolOf } from './helpers/app.js'
 import { closedPort, proxied } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred, logLines, until } from './helpers/util.js'
@@ -198,7 +198,7 @@ t.test('leak detection off: no stack captured, no warning', async (t) => {
   const held = holdRoute(app)
   const hold = app.inject('/hold')
   await held.holding
-  t.equal(app.pg.pool.leakDetection, false)
+  t.equal(poolOf(app).leakDetection, false)
   await new Promise((resolve) => setTimeout(resolve, 50))
   held.release()
   await hold
@@ -222,7 +222,7 @@ t.test('created: only for a checkout that opened its connection (not for one an 
   const gate = deferred()
   const app = await buildApp(t, db, { max: 1, onConnect: async () => { await gate.promise } })
   const abandon = new AbortController()
-  const left = app.pg.pool.acquire({ signal: abandon.signal }).catch((error: Error) => error.message)
+  const left = poolOf(app).acquire({ signal: abandon.signal }).catch((error: Error) => error.message)
   await until(() => app.pg.stats().total === 1, 'the connection is being opened')
   abandon.abort(new Error('left'))
   gate.resolve()

@@ -7,7 +7,7 @@ import Fastify from 'fastify'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import pgPool from '../src/index.js'
-import { assertReturned, buildApp } from './helpers/app.js'
+import { assertReturned, buildApp, poolOf } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred, listen, runNode, send, until } from './helpers/util.js'
 
@@ -137,7 +137,7 @@ t.test('acquire with an already-aborted signal on a full pool fails at once', as
   const app = await buildApp(t, db, { max: 1 })
   const holder = await app.pg.pool.connect()
   const reason = new Error('caller left')
-  await t.rejects(app.pg.pool.acquire({ signal: AbortSignal.abort(reason) }), reason)
+  await t.rejects(poolOf(app).acquire({ signal: AbortSignal.abort(reason) }), reason)
   t.equal(app.pg.stats().waiting, 0)
   holder.release()
 })

@@ -44,6 +44,20 @@ t.test('request.db: a retry statement survives its connection dying', async (t) 
   t.equal(app.pg.stats().total, 1)
 })
 
+t.test('request.db: once its transaction() has ended, a retry statement is retried again', async (t) => {
+  const app = await buildApp(t, db)
+  app.get('/', async (req) => {
+    const first = await req.db.transaction(async (tx) => (await tx.query(pidSql)).rows[0].pid)
+    await killBackend(first)
+    const second = (await req.db.query({ text: pidSql, retry: true })).rows[0].pid
+    return { first, second }
+  })
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 200)
+  const { first, second } = res.json()
+  t.not(second, first, 'retried on a fresh connection: nothing of the transaction was left to lose')
+})
+
 t.test('request.db: without retry, the statement fails', async (t) => {
   const app = await buildApp(t, db)
   app.get('/', async (req) => {

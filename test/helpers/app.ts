@@ -1,6 +1,7 @@
 import type { Test } from 'tap'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import pgPool, { type PgPoolOptions } from '../../src/index.js'
+import type { Pool } from '../../src/pool.js'
 import type { Database } from './postgres.js'
 import { deferred, until } from './util.js'
 
@@ -60,4 +61,9 @@ export function holdRoute (app: FastifyInstance, path = '/hold'): { holding: Pro
     return 'held'
   })
   return { holding: holding.promise, release: () => release.resolve() }
+}
+
+/** The pool behind `app.pg.pool` with its internal members (the plugin's own checkout), for tests that drive it directly. */
+export function poolOf (app: FastifyInstance): Pool {
+  return app.pg.pool as Pool
 }

@@ -7,7 +7,7 @@ const BUCKETS = 20 // a 2 s window
  * How fast connections come back, over the last two seconds, in 100 ms buckets: the basis of a
  * `Retry-After` that means something. Recording is one array write; no timer.
  */
-export class DrainRate {
+export class ReturnRate {
   readonly #counts = new Array<number>(BUCKETS).fill(0)
   /** The absolute bucket number each slot of `#counts` holds. */
   readonly #slots = new Array<number>(BUCKETS).fill(-1)

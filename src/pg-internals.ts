@@ -1,0 +1,209 @@
+import pg, { type Client } from 'pg'
+
+/**
+ * Everything the plugin knows of pg that pg does not publish, in one file: a pg upgrade has this
+ * file to audit, and test/pg-internals.test.ts pins each assumption against the pg installed.
+ * (pg-pool does the same from inside pg, with `TODO(bmc): expose a proper, public interface`.)
+ *
+ * | assumption | used for |
+ * | --- | --- |
+ * | `client.readyForQuery`, `_activeQuery`, `_queryQueue` (`_sentQueryQueue` when pipelining) | `busy()`: is a statement running or queued? |
+ * | `client` emits 'drain' when the last of them settles | waiting for a running statement |
+ * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL; the Query subclass |
+ * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()` | the statement timeout sent in front of a statement (timed-query.ts) |
+ * | `connection.query/parse/bind/execute` write one message each | the same |
+ * | a cursor's (or a stream's cursor's) `connection` is set when pg submits it | closing cursors when a checkout ends |
+ * | `client.ref()` / `unref()` | `allowExitOnIdle` |
+ * | the texts of pg's own errors (below) | telling a lost connection, a refused query and a timeout apart |
+ */
+
+/** pg's wire connection, as the Query subclass drives it. */
+export interface Connection {
+  query (text: string): void
+  parse (msg: { text: string }): void
+  bind (msg: object): void
+  execute (msg: object): void
+  parsedStatements: Record<string, string>
+  submittedNamedStatements: Record<string, string>
+}
+
+/** pg's Query, the members the subclass reads or overrides. */
+export interface PgQuery {
+  text: string | undefined
+  name: string | undefined
+  values: unknown
+  requiresPreparation (): boolean
+  submit (connection: Connection): Error | null
+  handleRowDescription (msg: unknown): void
+  handleDataRow (msg: unknown): void
+  handleCommandComplete (msg: unknown, connection: Connection): void
+  handleError (error: Error, connection: Connection): void
+}
+
+/** pg's Query class (exported by pg, undeclared in @types/pg). */
+export const Query = (pg as unknown as { Query: new (...args: unknown[]) => PgQuery }).Query
+
+interface ClientInternals {
+  readyForQuery: boolean
+  _activeQuery: unknown
+  _queryQueue: unknown[]
+  _sentQueryQueue: unknown[]
+  connection: Connection
+  ref (): void
+  unref (): void
+}
+
+const internals = (client: Client): ClientInternals => client as unknown as ClientInternals
+
+/**
+ * pg has not read the server's ReadyForQuery for everything it was handed: a statement is
+ * running or queued (a suspended cursor counts), or one failed and its ReadyForQuery is still to
+ * come (pg reports a failure at ErrorResponse, before the status it leaves). The transaction
+ * status pg reports now is not the one the next statement will meet; 'drain' says when it is.
+ */
+export function busy (client: Client): boolean {
+  const c = internals(client)
+  return !c.readyForQuery || c._activeQuery != null || c._queryQueue.length > 0 || c._sentQueryQueue.length > 0
+}
+
+/** After DISCARD ALL: the server dropped the session's prepared statements; pg must forget them too. */
+export function forgetPrepared (client: Client): void {
+  const { connection } = internals(client)
+  connection.parsedStatements = {}
+  connection.submittedNamedStatements = {}
+}
+
+/** Lets the process exit while this client's socket is open (`allowExitOnIdle`), or not. */
+export function holdProcess (client: Client, hold: boolean): void {
+  if (hold) internals(client).ref()
+  else internals(client).unref()
+}
+
+/** A cursor or stream passed to `client.query()` (pg-cursor, pg-query-stream, ...). */
+export interface Submittable {
+  submit (...args: unknown[]): unknown
+  destroy?: () => unknown
+  close?: (callback: () => void) => unknown
+  /** pg-cursor: set when pg submits it. pg-query-stream: `cursor` holds the pg-cursor. */
+  connection?: unknown
+  cursor?: { connection?: unknown }
+}
+
+/** Still waiting in pg's queue behind another query: not submitted, so it cannot be closed. */
+export function unsubmitted (cursor: Submittable): boolean {
+  return (cursor.cursor ?? cursor).connection == null
+}
+
+/** pg's words for a client that refused a query without writing it. */
+const NOT_SENT = ['Client has encountered a connection error and is not queryable', 'Client was closed and is not queryable']
+
+/** pg refused the query without writing it: the connection was already gone. */
+export const refusedUnsent = (message: string): boolean => NOT_SENT.some((m) => message.startsWith(m))
+
+/** pg's words for a connection that ended under a query, or refused one unsent. */
+export const saysLost = (message: string): boolean => message.startsWith('Connection terminated') || refusedUnsent(message)
+
+/** pg's `query_timeout` fired ("Query read timeout"). */
+export const isReadTimeout = (error: unknown): boolean => error instanceof Error && error.message === 'Query read timeout'
+
+/** pg's `connectionTimeoutMillis` fired during connect ("timeout expired"). */
+export const isConnectTimeout = (error: unknown): boolean => error instanceof Error && error.message === 'timeout expired'
+
+/**
+ * pg's Query with a statement timeout sent in front of it: `set_config('statement_timeout', ms,
+ * true)` travels in the same message batch and the same transaction as the statement, so it
+ * costs no round trip and leaves nothing on the session (what works behind PgBouncer in
+ * transaction mode, where a SET would land on whichever server connection PgBouncer picks).
+ *
+ * - simple protocol (no parameters): one Query message with both statements; PostgreSQL runs
+ *   them in one implicit transaction.
+ * - extended protocol (parameters, names, row limits): Parse/Bind/Execute of the set_config,
+ *   then the statement's own messages and one Sync: one implicit transaction too.
+ *
+ * The set_config's own result (one row, one command) is dropped, so the caller sees the result
+ * it would have seen without the timeout.
+ */
+export class TimedQuery extends Query {
+  readonly #sql: string
+  /** The set_config's result has been consumed. */
+  #ahead = true
+  /** Characters in front of the statement's own text (simple protocol): error positions are moved back. */
+  #shift = 0
+  /**
+   * A statement's name, hidden from pg while the set_config is answered: pg records a name as
+   * prepared on the first ParseComplete it sees, which is the set_config's.
+   */
+  #name: string | undefined
+
+  /** pg reads a statement's own `query_timeout` from the object it is given. */
+  readonly query_timeout: number | undefined
+
+  constructor (ms: number, config: unknown, values: unknown, callback: (error: Error | null, result?: any) => void) {
+    super(config, values, callback)
+    this.#sql = `select set_config('statement_timeout', '${ms}', true)`
+    this.query_timeout = (config as { query_timeout?: number } | null)?.query_timeout
+  }
+
+  override submit (connection: Connection): Error | null {
+    if (this.#refused(connection)) {
+      // pg refuses it before writing anything, and so must we: a set_config written ahead of a
+      // refused statement would wait for a Sync that never comes.
+      this.#ahead = false
+      return super.submit(connection)
+    }
+    if (!this.requiresPreparation()) {
+      this.#shift = this.#sql.length + 1
+      connection.query(`${this.#sql};${this.text as string}`)
+      return null
+    }
+    connection.parse({ text: this.#sql })
+    connection.bind({})
+    connection.execute({})
+    const error = super.submit(connection)
+    this.#name = this.name
+    this.name = undefined
+    return error
+  }
+
+  /** What pg's own submit() refuses (see pg/lib/query.js). */
+  #refused (connection: Connection): boolean {
+    const { text, name, values } = this
+    const named = typeof name === 'string' && name !== ''
+    // (A name alone runs a statement prepared earlier: the extended protocol.)
+    if (typeof text !== 'string' && !named) return true
+    if (values !== undefined && values !== null && !Array.isArray(values)) return true
+    if (!named) return false
+    const known = connection.parsedStatements[name] ?? connection.submittedNamedStatements[name]
+    return typeof text === 'string' && known !== undefined && known !== text
+  }
+
+  /** The set_config has answered: the statement's own messages follow. */
+  #behind (): void {
+    this.#ahead = false
+    this.name = this.#name
+  }
+
+  override handleRowDescription (msg: unknown): void {
+    if (!this.#ahead) super.handleRowDescription(msg)
+  }
+
+  override handleDataRow (msg: unknown): void {
+    if (!this.#ahead) super.handleDataRow(msg)
+  }
+
+  override handleCommandComplete (msg: unknown, connection: Connection): void {
+    if (this.#ahead) this.#behind()
+    else super.handleCommandComplete(msg, connection)
+  }
+
+  override handleError (error: Error, connection: Connection): void {
+    const located = error as Error & { position?: string }
+    if (this.#shift > 0 && located.position !== undefined) located.position = String(Number(located.position) - this.#shift)
+    if (this.#ahead) {
+      // The set_config itself failed: the statement was skipped, so it is not prepared.
+      this.#behind()
+      if (this.name !== undefined) delete connection.submittedNamedStatements[this.name]
+    }
+    super.handleError(error, connection)
+  }
+}

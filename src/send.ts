@@ -1,0 +1,108 @@
+import { PgSessionStateError } from './errors.js'
+import type { Conn } from './conn.js'
+import type { ResolvedOptions } from './options.js'
+import { TimedQuery } from './pg-internals.js'
+import { changesSession } from './session.js'
+import { lex, textOf } from './sql.js'
+
+/**
+ * The one way a statement reaches pg, whoever sends it (`request.db`, `fastify.pg.query`, a
+ * `connection()` or `pool.connect()` client, a cursor): `admit` sees it first, a `Clock` says
+ * whether a statement timeout travels with it, `send` hands it over.
+ */
+
+/** What a transaction control statement, or one that must be a transaction's first, starts with. */
+const CONTROL_WORDS = new Set(['begin', 'commit', 'end', 'rollback', 'abort', 'savepoint', 'release'])
+const MAY_CONTROL = /\b(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare|set)\b/i
+
+/**
+ * Transaction control, and what must be a transaction's first statement: never prefixed (a
+ * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them). Read from the
+ * first tokens, so comments cannot hide it.
+ */
+export function isTransactionControl (statement: unknown): boolean {
+  const text = textOf(statement)
+  if (text === undefined || !MAY_CONTROL.test(text)) return false
+  // (a word in a comment, no token at all: neither test below holds)
+  const [first = '', second] = lex(text, 2)
+  if (CONTROL_WORDS.has(first)) return true
+  return second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')
+}
+
+/**
+ * Which statements of one checkout carry the statement timeout (see TimedQuery): outside a
+ * transaction every one; inside one the first (the setting is local to the transaction), and the
+ * first after transaction control (a rollback to a savepoint undoes it). Never control itself.
+ */
+export class Clock {
+  readonly #ms: number
+  /** The open transaction already carries the timeout. */
+  #timed = false
+
+  constructor (ms: number) {
+    this.#ms = ms
+  }
+
+  /** The timeout to send with `statement`, about to meet transaction status `tx`. */
+  next (statement: unknown, tx: string | null): number | undefined {
+    if (isTransactionControl(statement)) this.#timed = false
+    else if (tx === 'I' || (tx === 'T' && !this.#timed)) {
+      this.#timed = tx === 'T'
+      return this.#ms
+    }
+    return undefined
+  }
+}
+
+export class Wire {
+  readonly #opts: ResolvedOptions
+
+  constructor (opts: ResolvedOptions) {
+    this.#opts = opts
+  }
+
+  /**
+   * The clock for a checkout whose route sets `routeMs` (undefined: the plugin's), or none when no
+   * timeout travels with statements: directly on PostgreSQL the plugin's own timeout is a
+   * connection parameter (free); a route's own, or any behind PgBouncer, travels.
+   */
+  clock (routeMs: number | undefined): Clock | undefined {
+    const { statementTimeoutMs, pgbouncer } = this.#opts
+    const ms = routeMs ?? statementTimeoutMs
+    if (pgbouncer ? ms > 0 : ms !== statementTimeoutMs) return new Clock(ms)
+    return undefined
+  }
+
+  /**
+   * Every statement passes here just before it is handed to pg on `conn`, and is sent as
+   * returned. Directly on PostgreSQL: notes whether it may change the session (to reset it on
+   * return). Behind PgBouncer: refuses session state outside a transaction, and sends named
+   * prepared statements unnamed (PgBouncer 1.18 cannot keep them: the next transaction may run
+   * on another server connection).
+   */
+  admit (conn: Conn, statement: unknown): unknown {
+    if (!this.#opts.pgbouncer) {
+      // With sessionReset 'always' the text is not trusted: whatever ran may have left state.
+      if (!conn.dirty && (this.#opts.sessionReset === 'always' || changesSession(statement))) conn.dirty = true
+      return statement
+    }
+    if (conn.client.getTransactionStatus() === 'I' && changesSession(statement)) throw new PgSessionStateError()
+    const named = statement as { name?: unknown, submit?: unknown } | null
+    if (typeof named?.name === 'string' && typeof named.submit !== 'function') return { ...named, name: undefined }
+    return statement
+  }
+
+  /**
+   * Admits `statement` and hands it to pg, with the timeout `clock` gives it. Throws when it is
+   * refused (nothing was sent); pg's own answer, or its refusal, reaches `callback`.
+   */
+  send (conn: Conn, statement: unknown, values: unknown, clock: Clock | undefined, callback: Callback): void {
+    const { client } = conn
+    const admitted = this.admit(conn, statement)
+    const ms = clock?.next(admitted, client.getTransactionStatus())
+    if (ms === undefined) (client.query as (...args: unknown[]) => unknown)(admitted, values, callback)
+    else client.query(new TimedQuery(ms, admitted, values, callback) as never)
+  }
+}
+
+type Callback = (error: Error | null, result?: any) => void
