@@ -18,6 +18,15 @@ const exec = promisify(execFile)
 const built = pathToFileURL(resolve(import.meta.dirname, '../dist/esm/index.js')).href
 export const { default: pgPool } = await import(built) as typeof import('../src/index.js')
 
+/**
+ * Another build of the plugin to compare with in the same run (a refactor's before and after):
+ * BENCH_BASELINE=/path/to/other/checkout/dist/esm/index.js.
+ */
+const baseline = process.env.BENCH_BASELINE
+export const baselinePgPool = baseline === undefined || baseline === ''
+  ? undefined
+  : (await import(pathToFileURL(resolve(baseline)).href) as typeof import('../src/index.js')).default
+
 export const DURATION = Number(process.env.BENCH_DURATION ?? 5)
 export const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 

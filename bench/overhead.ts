@@ -4,13 +4,14 @@
  *   (b) pg's Pool, `connect()` / `release()` around the query
  *   (c) @fastify/postgres, `fastify.pg.query()`
  *   (d) fastify-pg-pool, `request.db.query()` with its defaults (shedding on)
+ *   (d') (d) from another build, when BENCH_BASELINE names one (a change's before and after)
  *   (e) the same with leak detection on, to show what the stack per checkout costs
  * and a route without a database as the ceiling. Pools of 10, 20 autocannon connections.
  */
 import fastifyPostgres from '@fastify/postgres'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
-import { compare, fixed, listen, table, DURATION, ROUNDS, pgPool } from './lib.js'
+import { baselinePgPool, compare, fixed, listen, table, DURATION, ROUNDS, pgPool } from './lib.js'
 
 const MAX = 10
 const CONNECTIONS = 20
@@ -58,6 +59,13 @@ export async function overhead (connectionString: string): Promise<string> {
     await app.register(pgPool, { connectionString, max: MAX })
     app.get('/', async (req) => (await req.db.query(SQL)).rows[0])
   })
+  const other = baselinePgPool
+  if (other !== undefined) {
+    await add("(d') as (d), the build in BENCH_BASELINE", async (app) => {
+      await app.register(other, { connectionString, max: MAX })
+      app.get('/', async (req) => (await req.db.query(SQL)).rows[0])
+    })
+  }
   await add('(e) as (d), with leakDetectionMs on (a stack per checkout)', async (app) => {
     await app.register(pgPool, { connectionString, max: MAX, leakDetectionMs: 10_000 })
     app.get('/', async (req) => (await req.db.query(SQL)).rows[0])

@@ -30,7 +30,8 @@ const TEMP_SCHEMA = /^pg_temp(?:_\d+)?$/
 const DO_BODY = /\b(?:set|reset|listen|prepare|load|discard|hold|temp|temporary|set_config|pg_settings|pg_temp(?:_\d+)?|pg_(?:try_)?advisory_lock(?:_shared)?)\b/i
 
 export function changesSession (statement: unknown): boolean {
-  const text = textOf(statement)
+  // (Most statements are plain strings: no call to find their text.)
+  const text = typeof statement === 'string' ? statement : textOf(statement)
   return text !== undefined && CANDIDATE.test(text) && changes(lex(text))
 }
 

@@ -95,8 +95,8 @@ export class Slots {
     return { total, idle, active: total - idle, waiting: this.waiters.size }
   }
 
-  /** Checkouts are served (the pool is open, or winding down). */
-  get serving (): boolean { return this.#life === 'open' || this.#life === 'winding down' }
+  /** Checkouts are served (the pool is open, or winding down): read on every checkout, so a field. */
+  serving = true
   /** Every connection, in the order they were opened. */
   conns (): IterableIterator<Conn> { return this.#all.values() }
 
@@ -174,7 +174,7 @@ export class Slots {
    */
   windDown (): void {
     if (this.#life !== 'open') return
-    this.#life = 'winding down'
+    this.#live('winding down')
     this.#closeTimer = setTimeout(() => this.#shut(), this.#opts.closeTimeoutMs).unref()
   }
 
@@ -182,7 +182,7 @@ export class Slots {
   close (): Promise<void> {
     this.windDown()
     if (this.#life === 'winding down') {
-      this.#life = 'closing'
+      this.#live('closing')
       this.waiters.rejectAll(() => this.closedError())
       for (const conn of [...this.#idle]) this.move(conn, 'closed', 'close')
       if (this.#all.size === 0) this.#shut()
@@ -197,6 +197,11 @@ export class Slots {
 
   closedError (): Error {
     return withRetryAfter(new PgPoolClosedError(), 1)
+  }
+
+  #live (life: Life): void {
+    this.#life = life
+    this.serving = life === 'open' || life === 'winding down'
   }
 
   /** Marks a connection taken from the idle stack, before anything else can see it. */
@@ -248,7 +253,7 @@ export class Slots {
   /** The end: everything still open is closed. */
   #shut (): void {
     if (this.#life === 'closed') return
-    this.#life = 'closed'
+    this.#live('closed')
     clearTimeout(this.#closeTimer)
     clearInterval(this.#housekeeper)
     this.#hooks.shut()
