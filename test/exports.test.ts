@@ -3,7 +3,7 @@
  * default and named export from ESM and CommonJS, resolved by name through package.json
  * "exports". Each form runs in its own process.
  */
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import * as source from '../src/index.js'
@@ -45,4 +45,14 @@ t.test('CommonJS: require() gives .pgPool and .default, and the module registers
 t.test('the source exports the same shape', async (t) => {
   t.equal(source.default, source.pgPool)
   t.match((source.pgPool as unknown as Record<symbol, unknown>)[Symbol.for('plugin-meta')], meta)
+})
+
+t.test('the published declarations keep the pool internals out (stripInternal)', async (t) => {
+  for (const build of ['esm', 'cjs']) {
+    const declared = readFileSync(new URL(`../dist/${build}/pool.d.ts`, import.meta.url), 'utf8')
+    t.match(declared, /interface PgPool\b/, `${build}: the public interface is there`)
+    for (const internal of ['acquire', 'release', 'wire', 'leakDetection', 'shed', 'saturated', 'windDown']) {
+      t.notMatch(declared, new RegExp(`^\\s*(readonly )?${internal}\\b`, 'm'), `${build}: no ${internal}`)
+    }
+  }
 })
