@@ -81,7 +81,6 @@ export class Checkout {
         this.#stillWanted(conn, signal) // the ping took a round trip: look again
       }
       conn.lease = { holder, origin, since: performance.now(), pings, leaked: false }
-      conn.dirty = false
       this.slots.move(conn, 'lent')
       return conn
     }

@@ -21,7 +21,7 @@ import type { ResolvedOptions } from './options.js'
  * | (new) → opening | a checkout found a free slot | joins the set: the slot is taken |
  * | opening → checking | connected, `onConnect` ran | counted as created; its lifetime timer starts |
  * | idle → checking | a checkout took it | (it left the idle stack when taken) |
- * | checking → lent | handed out, pinged if it idled long | leased to its holder; keeps the process alive (`allowExitOnIdle`) |
+ * | checking → lent | handed out (with its lease), pinged if it idled long | its session counts as clean; keeps the process alive (`allowExitOnIdle`) |
  * | checking → idle, returning → idle | a checkout was abandoned; a return came out clean | stamped idle, no longer keeps the process alive, pushed on the stack; a waiter is served |
  * | lent → returning | its holder let it go | lease ended; counted in the rate of returns (`Retry-After`); the return policy takes over |
  * | any → closed | failed, unpooled, past `maxUses`, lifetime or `idleTimeoutMillis`, pool closed | leaves stack and set, counted by reason, client ended; a waiter gets the slot |
@@ -113,6 +113,8 @@ export class Slots {
         if (prev === 'opening') this.#opened(conn)
         break
       case 'lent':
+        // A new checkout: nothing it sends has touched the session yet.
+        conn.dirty = false
         conn.uses++
         if (this.#opts.allowExitOnIdle) holdProcess(conn.client, true)
         break
