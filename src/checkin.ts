@@ -1,37 +1,45 @@
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Conn, Lease } from './conn.js'
-import { roundTrip } from './deadline.js'
-import { channels, WindowHistogram } from './metrics.js'
+import { noop, roundTrip } from './deadline.js'
+import { channels, WindowHistogram, type PoolCounters } from './metrics.js'
 import type { ResolvedOptions } from './options.js'
-import { busy } from './pg-internals.js'
+import { busy, cancelRequest } from './pg-internals.js'
 import type { Slots } from './slots.js'
 
 /**
  * The return policy: what happens when a connection comes back from its holder, in order, each
  * step coming back to `#next` when it completes:
  *
- * 1. failed (`conn.fate`), or pooling is off → closed (closing ends its transaction, its running
- *    statement and its session: nothing to clean);
- * 2. a statement still running → wait for it to settle (pg's 'drain', or the socket's end);
+ * 1. a statement still running (its holder left: an aborted request, a released client) →
+ *    cancelled (CancelRequest); if it has not stopped within `cancelGraceMs` (a blackholed
+ *    socket, a backend that does not answer) → closed;
+ * 2. failed (`conn.fate`), or pooling is off → closed (closing ends its transaction and its
+ *    session: nothing to clean);
  * 3. a transaction open or failed → ROLLBACK;
  * 4. session state left (`sessionReset`) → DISCARD ALL;
- * 5. back to the pool (`Slots.putBack`: idle, or closed past `maxUses` or its lifetime).
+ * 5. after a cancel, if neither ran: one empty round trip (a late cancel lands on it, not on
+ *    the next holder's statement);
+ * 6. back to the pool (`Slots.putBack`: idle, or closed past `maxUses` or its lifetime).
  *
- * A cleaning step that fails or outlasts `pingTimeoutMs` condemns the connection (step 1).
+ * A cleaning step that fails or outlasts `pingTimeoutMs` condemns the connection (step 2).
  */
 export class Checkin {
   readonly #opts: ResolvedOptions
   readonly #log: FastifyBaseLogger
   readonly #slots: Slots
+  readonly #counters: PoolCounters
   readonly #owner: object
   readonly holds = new WindowHistogram()
+  /** Cancelled, and not yet confirmed by a round trip. */
+  readonly #cancelled = new WeakSet<Conn>()
 
-  constructor (owner: object, opts: ResolvedOptions, log: FastifyBaseLogger, slots: Slots) {
+  constructor (owner: object, opts: ResolvedOptions, log: FastifyBaseLogger, slots: Slots, counters: PoolCounters) {
     this.#owner = owner
     this.#opts = opts
     this.#log = log
     this.#slots = slots
+    this.#counters = counters
   }
 
   /** Takes back a connection its holder let go. A second call for the same checkout does nothing. */
@@ -50,20 +58,25 @@ export class Checkin {
 
   #next (conn: Conn): void {
     if (conn.state !== 'returning') return // closed meanwhile (the pool closed)
+    if (busy(conn.client) && !conn.dead && !this.#cancelled.has(conn)) {
+      this.cancel(conn).then((settled) => settled ? this.#next(conn) : this.#slots.move(conn, 'closed', 'stuck'), noop)
+      return
+    }
     if (conn.fate === 'error') return this.#slots.move(conn, 'closed', 'error')
     if (!this.#opts.pooling) return this.#slots.move(conn, 'closed', 'unpooled')
-    if (busy(conn.client)) return this.#whenSettled(conn)
     const tx = conn.client.getTransactionStatus()
     if (tx === 'T' || tx === 'E') return this.#step(conn, 'ROLLBACK')
     if (conn.dirty) return this.#step(conn, 'DISCARD ALL')
+    if (this.#cancelled.has(conn)) return this.#step(conn, '')
     this.#slots.putBack(conn)
   }
 
   /** One statement on the way back, bounded by `pingTimeoutMs`. */
-  #step (conn: Conn, sql: 'ROLLBACK' | 'DISCARD ALL'): void {
+  #step (conn: Conn, sql: 'ROLLBACK' | 'DISCARD ALL' | ''): void {
     roundTrip(conn.client, sql, this.#opts.pingTimeoutMs).then(
       () => {
         if (sql === 'DISCARD ALL') conn.sessionReset()
+        this.#cancelled.delete(conn)
         this.#next(conn)
       },
       (error: unknown) => {
@@ -74,15 +87,44 @@ export class Checkin {
     )
   }
 
-  /** Comes back to `#next` once pg has settled everything it was handed, or the socket ended. */
-  #whenSettled (conn: Conn): void {
+  /**
+   * Cancels what runs on `conn` (CancelRequest), and waits until pg has settled everything it
+   * was handed and the server has taken the cancel, for at most `cancelGraceMs`. True when both
+   * happened in time; false otherwise (the connection must then be closed).
+   */
+  cancel (conn: Conn): Promise<boolean> {
+    const started = performance.now()
+    const grace = this.#opts.cancelGraceMs
+    this.#counters.cancels++
+    this.#cancelled.add(conn)
+    conn.cancelled = true
     const { client } = conn
-    const done = (): void => {
-      client.off('drain', done)
-      client.off('end', done)
-      this.#next(conn)
-    }
-    client.on('drain', done)
-    client.on('end', done)
+    return new Promise((resolve) => {
+      let delivered = false
+      let settled = false
+      let done = false
+      const finish = (ok: boolean, error?: unknown): void => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        client.off('drain', drained)
+        client.off('end', drained)
+        if (ok) this.#counters.cancelsSettled++
+        else this.#log.debug({ err: error }, 'fastify-pg-pool: a cancelled statement did not stop within cancelGraceMs; destroying its connection')
+        if (channels.cancel.hasSubscribers) channels.cancel.publish({ pool: this.#owner, settled: ok, durationMs: performance.now() - started, error })
+        resolve(ok)
+      }
+      const drained = (): void => {
+        settled = true
+        if (delivered) finish(true)
+      }
+      const timer = setTimeout(() => finish(false), grace)
+      client.on('drain', drained)
+      client.on('end', drained)
+      cancelRequest(client, this.#opts.client.stream, grace).then(() => {
+        delivered = true
+        if (settled) finish(true)
+      }, (error: unknown) => finish(false, error))
+    })
   }
 }

@@ -79,6 +79,11 @@ export class Checkout {
         pings++
         if (!await this.#ping(conn, deadline, log, holder)) continue
         this.#stillWanted(conn, signal) // the ping took a round trip: look again
+        // Its lifetime may have ended meanwhile: never handed out again.
+        if (conn.fate !== undefined) {
+          this.slots.putBack(conn)
+          continue
+        }
       }
       conn.lease = { holder, origin, since: performance.now(), pings, leaked: false }
       this.slots.move(conn, 'lent')

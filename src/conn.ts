@@ -2,10 +2,10 @@ import { performance } from 'node:perf_hooks'
 import type { Client } from 'pg'
 import { isConnectionError } from './errors.js'
 import { noop } from './deadline.js'
-import { forgetPrepared, isReadTimeout } from './pg-internals.js'
+import { destroySocket, forgetPrepared, isReadTimeout } from './pg-internals.js'
 
 /** Why a connection left the pool for good. */
-export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close' | 'unpooled'
+export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close' | 'unpooled' | 'stuck'
 
 /** The request (or job) holding a connection: read only to name its route in a diagnosis. */
 export interface Holder { id?: string, method: string, url?: string, routeOptions: { url?: string | undefined } }
@@ -44,11 +44,18 @@ export class Conn {
   /** The session is over (its socket closed, or the server said FATAL): nothing sent on it runs. */
   dead = false
   /**
+   * pg gave up waiting for a statement's answer (`query_timeout`): what is sent now would wait
+   * behind it. The server may still run it: it is cancelled when the connection comes back.
+   */
+  stuck = false
+  /**
    * A statement of this checkout may have changed session state (SET, LISTEN, ...): reset it on
    * return, and never retry a statement of this checkout on a fresh connection, which would lack it.
    */
   dirty = false
   lifetime: NodeJS.Timeout | undefined = undefined
+  /** The plugin cancelled what ran on it in this checkout (a 57014 is then the plugin's doing). */
+  cancelled = false
 
   readonly #onLost: (conn: Conn) => void
 
@@ -75,7 +82,10 @@ export class Conn {
   /** Records a query error; a connection-class one condemns the connection. */
   failed (error: unknown): void {
     if (isConnectionError(error)) this.lost()
-    else if (isReadTimeout(error)) this.condemn('error')
+    else if (isReadTimeout(error)) {
+      this.stuck = true
+      this.condemn('error')
+    }
   }
 
   /** After DISCARD ALL: nothing of the last checkout's session is left. */
@@ -84,8 +94,12 @@ export class Conn {
     forgetPrepared(this.client)
   }
 
-  /** Ends the client: gracefully on a healthy idle socket, at once on one dead or mid-statement. */
-  end (): void {
+  /**
+   * Ends the client: gracefully on a healthy idle socket, at once on one dead or mid-statement,
+   * or still connecting (`connecting`).
+   */
+  end (connecting: boolean): void {
+    if (connecting) destroySocket(this.client)
     this.client.end().catch(noop)
   }
 }

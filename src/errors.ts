@@ -50,6 +50,17 @@ export const PgPoolClosedError = createError<'FST_PG_POOL_CLOSED', 503, []>(
   503
 )
 
+/**
+ * A running statement the plugin cancelled: its request ended (the client went away, the request
+ * timed out), or the app closed past `closeTimeoutMs`. It did not complete (PostgreSQL rolled
+ * it back); trying again is safe.
+ */
+export const PgCancelledError = createError<'FST_PG_CANCELLED', 503, [string, { cause: unknown }?]>(
+  'FST_PG_CANCELLED',
+  'The statement was cancelled because %s; it did not complete',
+  503
+)
+
 /** `request.db` was used after its request ended; the query was not sent. */
 export const PgRequestEndedError = createError<'FST_PG_REQUEST_ENDED', 500, []>(
   'FST_PG_REQUEST_ENDED',
@@ -204,6 +215,14 @@ export function lostConnectionError (error: Error, commit: boolean): Error {
   if (refusedUnsent(error.message)) return notSentError(error)
   if (commit) return new PgCommitUnknownError({ cause: error })
   return new PgConnectionLostError('while the statement ran; it may or may not have taken effect', { cause: error })
+}
+
+/**
+ * pg gave up waiting for the statement's answer (its `query_timeout`: the statement timeout plus
+ * `cancelGraceMs`, or the user's own): the socket may be blackholed, the statement may have run.
+ */
+export function noAnswerError (cause: Error): Error {
+  return new PgConnectionLostError('with no answer to the statement in time (a timeout on the client); it may or may not have taken effect', { cause })
 }
 
 /** The connection was already known lost: the statement was not sent (nothing ran; 503). */

@@ -1,21 +1,27 @@
+import type { EventEmitter } from 'node:events'
 import type { PoolClient } from 'pg'
 import type { Conn } from './conn.js'
 import { noop } from './deadline.js'
 import { isConnectionError, lostConnectionError, PgCommitUnknownError, refused } from './errors.js'
-import { unsubmitted, type Submittable } from './pg-internals.js'
+import { queued, type Submittable } from './pg-internals.js'
 import { commits } from './transaction.js'
 
 export interface GuardedClient {
   /** The real pg client, except for `query` (refused when over) and `release` (the checkout's). */
   readonly client: PoolClient
   /**
-   * Closes every cursor and stream opened through `client`. Called when the checkout ends:
-   * nobody can read them any more, and a suspended cursor would hold the connection forever.
-   * A cursor still waiting in pg's queue cannot be closed (pg would open it later and wait for
-   * a read): the connection is marked broken instead, to be destroyed.
+   * The checkout ends: listeners added through `client` are removed, and every cursor and stream
+   * opened through it is closed (nobody can read them any more, and a suspended cursor would
+   * hold the connection forever). A cursor still waiting in pg's queue cannot be closed (pg would
+   * open it later and wait for a read): the connection is condemned instead, to be destroyed.
    */
+  close (): void
+  /** Closes the cursors and streams only (the plugin is about to end a transaction they are in). */
   closeCursors (): void
 }
+
+const LISTENER_METHODS = ['on', 'addListener', 'once', 'prependListener', 'prependOnceListener'] as const
+type ListenerMethod = typeof LISTENER_METHODS[number]
 
 /**
  * A checked-out client as users receive it: the real pg client, except that `query` refuses
@@ -69,21 +75,43 @@ export function guardClient (
     if (submittable) throw error
     return refused(error)
   }
+  // Listeners added through this client belong to its checkout: removed when it ends, or a
+  // later holder's notifications and notices would reach this one's handlers.
+  const listeners: Array<[string | symbol, (...args: any[]) => void]> = []
+  // A client ended by its user never goes back to the pool (its 'end' event may come too late).
+  const end = (...args: unknown[]): unknown => {
+    conn.condemn('error')
+    return (client.end as (...a: unknown[]) => unknown)(...args)
+  }
+  const emitter: EventEmitter = client
+  const listen = (method: ListenerMethod) => (event: string | symbol, listener: (...args: any[]) => void): PoolClient => {
+    listeners.push([event, listener])
+    emitter[method](event, listener)
+    return proxy
+  }
+  const adding = new Map(LISTENER_METHODS.map((method) => [method, listen(method)]))
   const proxy = new Proxy(client as PoolClient, {
     get (target, key) {
       if (key === 'query') return query
       if (key === 'release') return release
+      if (key === 'end') return end
+      const add = adding.get(key as ListenerMethod)
+      if (add !== undefined) return add
       const value: unknown = Reflect.get(target, key, target)
       return typeof value === 'function' ? value.bind(target) : value
     }
   })
   return {
     client: proxy,
+    close () {
+      for (const [event, listener] of listeners.splice(0)) client.removeListener(event, listener)
+      this.closeCursors()
+    },
     closeCursors () {
       // A stream's destroy() closes its cursor; a bare cursor has close(). Both are no-ops
       // once the cursor is done.
       for (const cursor of cursors.splice(0)) {
-        if (unsubmitted(cursor)) conn.condemn('error')
+        if (queued(client, cursor)) conn.condemn('error')
         else if (typeof cursor.destroy === 'function') cursor.destroy()
         else if (typeof cursor.close === 'function') cursor.close(noop)
       }

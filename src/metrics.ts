@@ -112,20 +112,29 @@ export interface PoolCounters {
   shed: number
   /** Checkouts held past `leakDetectionMs`. */
   leaks: number
+  /**
+   * CancelRequests sent for statements still running when their holder let go (or the pool
+   * closed), and how many of those statements settled within `cancelGraceMs` (the others'
+   * connections were destroyed: `destroyed.stuck`).
+   */
+  cancels: number
+  cancelsSettled: number
 }
 
 export function newCounters (): PoolCounters {
   return {
     acquires: 0,
     created: 0,
-    destroyed: { error: 0, ping: 0, suspect: 0, idle: 0, lifetime: 0, uses: 0, close: 0, unpooled: 0 },
+    destroyed: { error: 0, ping: 0, suspect: 0, idle: 0, lifetime: 0, uses: 0, close: 0, unpooled: 0, stuck: 0 },
     pings: 0,
     pingFailures: 0,
     acquireTimeouts: 0,
     queueFull: 0,
     connectFailures: 0,
     shed: 0,
-    leaks: 0
+    leaks: 0,
+    cancels: 0,
+    cancelsSettled: 0
   }
 }
 
@@ -146,5 +155,7 @@ export const channels = {
   /** A connection was closed: `{ pool, reason, ageMs, uses }`. */
   destroy: channel('fastify-pg-pool:destroy'),
   /** A request was shed with 503: `{ pool, requestId, method, url, retryAfter }`. */
-  shed: channel('fastify-pg-pool:shed')
+  shed: channel('fastify-pg-pool:shed'),
+  /** A running statement was cancelled: `{ pool, settled, durationMs, error? }` (`settled`: within `cancelGraceMs`). */
+  cancel: channel('fastify-pg-pool:cancel')
 } as const

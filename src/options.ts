@@ -68,6 +68,15 @@ export interface PgPoolPluginOptions {
    */
   closeTimeoutMs?: number
   /**
+   * A statement still running when its request ends (the client went away, the request timed
+   * out, a hijacked socket closed), when a `pool.connect()` client is released, or when
+   * `app.close()` passes `closeTimeoutMs`, is cancelled at once (PostgreSQL's CancelRequest). This
+   * is how long it then has to stop before its connection is destroyed instead (a blackholed
+   * socket never answers).
+   * @default 500
+   */
+  cancelGraceMs?: number
+  /**
    * Statements running longer than this are cancelled by the server (SQLSTATE 57014). A route
    * can set its own (`config.pgPool.statementTimeoutMs`). Directly on PostgreSQL the plugin-wide
    * value is a connection parameter (free); a route's own value, or any value behind PgBouncer,
@@ -133,6 +142,7 @@ export interface ResolvedOptions {
   readonly pingTimeoutMs: number
   readonly acquireTimeoutMs: number
   readonly closeTimeoutMs: number
+  readonly cancelGraceMs: number
   readonly maxWaiting: number
   readonly sessionReset: 'auto' | 'always' | false
   /** 0: none. */
@@ -209,6 +219,7 @@ export const OPTIONS = {
   maxLifetimeMs: pool(ms(0, true), 30 * 60_000),
   maxLifetimeJitter: pool(kind<number>('a fraction >= 0 and < 1', (v) => typeof v === 'number' && v >= 0 && v < 1), 0.1),
   closeTimeoutMs: pool(ms(0), 10_000),
+  cancelGraceMs: pool(ms(1), 500),
   statementTimeoutMs: pool(ms(0, true), 0),
   pgbouncer: pool(bool, false),
   leakDetectionMs: pool(ms(0, true), 0),
@@ -413,6 +424,10 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     // A connection parameter: set once per connection, costs nothing per statement.
     client.statement_timeout = statementTimeoutMs
   }
+  const cancelGraceMs = get('cancelGraceMs')
+  // The server's timeout never reaches a client whose socket was blackholed: pg gives up waiting
+  // at the timeout plus the grace (a statement the route times otherwise carries its own bound).
+  if (statementTimeoutMs > 0 && client.query_timeout === undefined) client.query_timeout = Math.min(MAX_MS, statementTimeoutMs + cancelGraceMs)
   const sessionReset = has('sessionReset') ? get('sessionReset') : (pgbouncer ? false : 'auto')
   if (pgbouncer && sessionReset !== false) {
     fail('sessionReset', 'false with pgbouncer: true (in transaction mode a reset would run on whichever server connection PgBouncer picks)', sessionReset)
@@ -437,6 +452,7 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     pingTimeoutMs: get('pingTimeoutMs'),
     acquireTimeoutMs: get('acquireTimeoutMs'),
     closeTimeoutMs: get('closeTimeoutMs'),
+    cancelGraceMs,
     maxWaiting: has('maxWaiting') ? get('maxWaiting') : 2 * max,
     sessionReset,
     statementTimeoutMs,

@@ -10,10 +10,12 @@ import pg, { type Client } from 'pg'
  * | `client.readyForQuery`, `_activeQuery`, `_queryQueue` (`_sentQueryQueue` when pipelining) | `busy()`: is a statement running or queued? |
  * | `client` emits 'drain' when the last of them settles | waiting for a running statement |
  * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL; the Query subclass |
+| `client.connection.stream` is the socket | closing a client still connecting |
  * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()` | the statement timeout sent in front of a statement (timed-query.ts) |
  * | `connection.query/parse/bind/execute` write one message each | the same |
- * | a cursor's (or a stream's cursor's) `connection` is set when pg submits it | closing cursors when a checkout ends |
+ * | a query not yet sent waits in `client._queryQueue` | closing cursors when a checkout ends |
  * | `client.ref()` / `unref()` | `allowExitOnIdle` |
+| `client.host/port/ssl/sslNegotiation/processID/secretKey`, `pg.Connection` and its `cancel` | the CancelRequest of a statement whose holder left |
  * | the texts of pg's own errors (below) | telling a lost connection, a refused query and a timeout apart |
  */
 
@@ -48,7 +50,7 @@ interface ClientInternals {
   _activeQuery: unknown
   _queryQueue: unknown[]
   _sentQueryQueue: unknown[]
-  connection: Connection
+  connection: Connection & { stream: { destroy (): void } }
   ref (): void
   unref (): void
 }
@@ -64,6 +66,14 @@ const internals = (client: Client): ClientInternals => client as unknown as Clie
 export function busy (client: Client): boolean {
   const c = internals(client)
   return !c.readyForQuery || c._activeQuery != null || c._queryQueue.length > 0 || c._sentQueryQueue.length > 0
+}
+
+/**
+ * Closes the client's socket at once. `end()` on a client still connecting sends Terminate and
+ * half-closes, and a server that never answers keeps it connecting until its connect timeout.
+ */
+export function destroySocket (client: Client): void {
+  internals(client).connection.stream.destroy()
 }
 
 /** After DISCARD ALL: the server dropped the session's prepared statements; pg must forget them too. */
@@ -84,14 +94,69 @@ export interface Submittable {
   submit (...args: unknown[]): unknown
   destroy?: () => unknown
   close?: (callback: () => void) => unknown
-  /** pg-cursor: set when pg submits it. pg-query-stream: `cursor` holds the pg-cursor. */
-  connection?: unknown
-  cursor?: { connection?: unknown }
 }
 
 /** Still waiting in pg's queue behind another query: not submitted, so it cannot be closed. */
-export function unsubmitted (cursor: Submittable): boolean {
-  return (cursor.cursor ?? cursor).connection == null
+export function queued (client: Client, submittable: Submittable): boolean {
+  return internals(client)._queryQueue.includes(submittable)
+}
+
+interface Protocol {
+  connect (port: number | string, host?: string): void
+  requestSsl (): void
+  cancel (processID: number, secretKey: number): void
+  end (): void
+  stream: { destroy (): void }
+  on (event: string, listener: (...args: any[]) => void): void
+}
+
+/** pg's protocol connection class (exported by pg, undeclared in @types/pg). */
+const ProtocolConnection = (pg as unknown as { Connection: new (config: object) => Protocol }).Connection
+
+interface Address {
+  host: string
+  port: number | string
+  ssl: unknown
+  sslNegotiation: string
+  processID: number | null
+  secretKey: number | null
+}
+
+/**
+ * PostgreSQL's CancelRequest for whatever `client`'s backend is running: a connection of its own
+ * to the same place (host or socket, port, TLS as the client negotiated it, the user's `stream`),
+ * carrying the backend's pid and secret key; the server closes it without an answer. Resolves
+ * when the server closed it (the cancel was delivered: the statement, if still running, ends
+ * with SQLSTATE 57014), rejects on an error or after `timeoutMs`. PgBouncer forwards it.
+ */
+export function cancelRequest (client: Client, stream: unknown, timeoutMs: number): Promise<void> {
+  const { host, port, ssl, sslNegotiation, processID, secretKey } = client as unknown as Address
+  return new Promise((resolve, reject) => {
+    /* c8 ignore next -- a client is only cancelled once it is connected */
+    if (processID === null || secretKey === null) return resolve()
+    const con = new ProtocolConnection({ stream, ssl, sslNegotiation })
+    const timer = setTimeout(() => {
+      con.stream.destroy()
+      reject(new Error(`no answer to the cancel within ${timeoutMs} ms`))
+    }, timeoutMs).unref()
+    const send = (): void => con.cancel(processID, secretKey)
+    con.on('connect', () => {
+      if (!ssl) send()
+      else if (sslNegotiation !== 'direct') con.requestSsl()
+    })
+    con.on('sslconnect', send)
+    con.on('end', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    con.on('error', (error: Error) => {
+      clearTimeout(timer)
+      con.stream.destroy()
+      reject(error)
+    })
+    if (host.startsWith('/')) con.connect(`${host}/.s.PGSQL.${port}`)
+    else con.connect(port, host)
+  })
 }
 
 /** pg's words for a client that refused a query without writing it. */

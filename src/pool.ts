@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
-import { PgDoubleReleaseError, PgReleasedError, isConnectionError, lostConnectionError } from './errors.js'
+import { PgDoubleReleaseError, PgReleasedError, isConnectionError, lostConnectionError, noAnswerError } from './errors.js'
 import { Checkin } from './checkin.js'
 import { Checkout, type AcquireOptions } from './checkout.js'
 import type { Conn, Holder } from './conn.js'
@@ -11,6 +11,7 @@ import { channels, newCounters, WINDOW_MS, type PoolCounters, type Summary } fro
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 import { Slots, type PoolCounts } from './slots.js'
 import { Wire } from './send.js'
+import { busy, isReadTimeout } from './pg-internals.js'
 import { commits } from './transaction.js'
 
 export type { AcquireOptions } from './checkout.js'
@@ -78,9 +79,12 @@ export class Pool implements PgPool {
     this.#slots = checkout.slots = new Slots(this, opts, log, this.#counters, {
       open: (deadline, log) => checkout.open(deadline, log),
       expired: (waiter) => checkout.timeoutError(waiter.log),
-      shut: () => this.#leaks.stop()
+      shut: (running) => {
+        this.#leaks.stop()
+        return this.#cancelAll(running)
+      }
     })
-    this.#checkin = new Checkin(this, opts, log, this.#slots)
+    this.#checkin = new Checkin(this, opts, log, this.#slots, this.#counters)
     // A checkout held past the threshold is reported within a quarter of it.
     this.#leaks = new LeakDetector(opts.leakDetectionMs, log, { [Symbol.iterator]: () => this.#slots.conns() }, () => { this.#counters.leaks++ })
     // The request path calls the policies straight, not through a method of this face.
@@ -161,7 +165,7 @@ export class Pool implements PgPool {
       if (released) throw new PgDoubleReleaseError()
       released = true
       if (error) conn.condemn('error')
-      guarded.closeCursors()
+      guarded.close()
       this.release(conn)
     }, (statement) => this.wire.admit(conn, statement))
     return guarded.client
@@ -178,6 +182,7 @@ export class Pool implements PgPool {
     } catch (error) {
       conn.failed(error)
       this.release(conn)
+      if (isReadTimeout(error)) throw noAnswerError(error as Error)
       if (!isConnectionError(error)) throw error
       // A statement alone on its checkout: no session state of a request can be missing on a
       // fresh connection, so `retry` needs nothing more than the user's word that it is safe.
@@ -185,6 +190,11 @@ export class Pool implements PgPool {
       if (config?.retry === true) return await this.query<R>({ ...config, retry: false }, values)
       throw lostConnectionError(error as Error, commits(textOrConfig))
     }
+  }
+
+  /** Cancels the statements still running at the close deadline: none outlives the app. */
+  async #cancelAll (conns: Conn[]): Promise<void> {
+    await Promise.all(conns.filter((conn) => busy(conn.client) && !conn.dead).map((conn) => this.#checkin.cancel(conn)))
   }
 
   /** @internal The app is shutting down (Fastify's preClose): `closeTimeoutMs` starts now. */

@@ -1,13 +1,16 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult } from 'pg'
 import {
+  PgCancelledError,
   PgCommitUnknownError,
   PgRequestEndedError,
   PgTransactionEndedEarlyError,
   isConnectionError,
   lostConnectionError,
+  noAnswerError,
   notSentError,
-  refused
+  refused,
+  withRetryAfter
 } from './errors.js'
 import type { RequestDb } from './db.js'
 import { guardClient, type GuardedClient } from './guard.js'
@@ -18,7 +21,7 @@ import { Abandon } from './queue.js'
 import type { RouteSettings } from './route.js'
 import type { Clock } from './send.js'
 import { noop } from './deadline.js'
-import { busy } from './pg-internals.js'
+import { busy, isReadTimeout } from './pg-internals.js'
 import { Transactions, type Plan, type Runner } from './request-tx.js'
 import { commits, type Frames, type Step, type TransactionOptions } from './transaction.js'
 
@@ -33,8 +36,8 @@ export type { RequestDb } from './db.js'
 type State =
   | { readonly kind: 'unused' }
   | { readonly kind: 'acquiring', readonly checkout: Promise<Conn>, readonly abandon: Abandon }
-  /** `running`: a statement of this request is with pg (its callback has not come). */
-  | { readonly kind: 'held', readonly conn: Conn, running: boolean }
+  /** `running`: the statement of this request that is with pg (its callback has not come). */
+  | { readonly kind: 'held', readonly conn: Conn, running: Job | undefined }
   | { readonly kind: 'released' }
 
 const UNUSED: State = { kind: 'unused' }
@@ -161,7 +164,7 @@ export class RequestHandle implements Runner {
   run (text: string | PgQueryConfig, values: unknown[] | undefined, plan: Plan | undefined): Promise<QueryResult<any>> {
     const job = newJob(text, values, plan)
     const state = this.#state
-    if (state.kind === 'held' && !state.running && this.#queue.length === 0) this.#send(state, job)
+    if (state.kind === 'held' && state.running === undefined && this.#queue.length === 0) this.#send(state, job)
     else if (state.kind === 'released') return this.refuse(new PgRequestEndedError())
     else {
       this.#queue.push(job)
@@ -183,9 +186,17 @@ export class RequestHandle implements Runner {
   }
 
   /** @internal `connection()` of `request.db` or of a transaction's `db`. */
-  async connectionIn (scope: RequestDb): Promise<PoolClient> {
+  connectionIn (scope: RequestDb): Promise<PoolClient> {
     const refusal = this.#refusal(scope)
-    if (refusal !== undefined) return await this.refuse(refusal)
+    if (refusal !== undefined) return this.refuse(refusal)
+    const client = this.#clientOf(scope)
+    // A failed checkout or a refusal met on the way (the request ended meanwhile) must not crash
+    // a handler that did not await it; whoever awaits it gets the error.
+    client.catch(noop)
+    return client
+  }
+
+  async #clientOf (scope: RequestDb): Promise<PoolClient> {
     if (this.#state.kind === 'unused') this.#move('acquiring')
     if (this.#state.kind === 'acquiring') await this.#state.checkout
     if (this.#state.kind === 'held') await this.#txs?.began
@@ -224,7 +235,7 @@ export class RequestHandle implements Runner {
   /** Closes the cursors and streams opened through this checkout's clients, which stop. */
   #closeClients (): void {
     if (this.#clients === undefined) return
-    for (const guarded of this.#clients.values()) guarded.closeCursors()
+    for (const guarded of this.#clients.values()) guarded.close()
     this.#clients = undefined
   }
 
@@ -235,8 +246,10 @@ export class RequestHandle implements Runner {
    */
   #end (completed: boolean): void {
     this.ended = true
+    // Nobody reads a cursor now, and one left suspended would hold back what runs behind it.
+    this.#closeClients()
     const state = this.#state
-    if (completed && ((state.kind === 'held' && state.running) || this.#queue.length > 0)) return
+    if (completed && ((state.kind === 'held' && state.running !== undefined) || this.#queue.length > 0)) return
     this.#move('released')
   }
 
@@ -267,7 +280,7 @@ export class RequestHandle implements Runner {
         break
       }
       case 'held': {
-        const state = this.#state = { kind: 'held', conn: conn as Conn, running: false }
+        const state = this.#state = { kind: 'held', conn: conn as Conn, running: undefined }
         // The route's transaction begins on the request's first statement, before it.
         this.#txs?.checkedOut()
         this.#next(state)
@@ -284,7 +297,12 @@ export class RequestHandle implements Runner {
           this.#fail(new PgRequestEndedError())
         }
         if (prev.kind === 'acquiring') prev.abandon.abort(new PgRequestEndedError())
-        else if (prev.kind === 'held') this.#giveBack(prev.conn)
+        else if (prev.kind === 'held') {
+          // A statement still running is cancelled on the way back: a handler that fired and
+          // forgot it must not crash for that.
+          prev.running?.promise?.catch(noop)
+          this.#giveBack(prev.conn)
+        }
         break
     }
   }
@@ -304,7 +322,12 @@ export class RequestHandle implements Runner {
     const { conn } = state
     const frames = this.#txs?.frames
     const framed = frames !== undefined && frames.size > 0
-    if ((job.plan !== undefined || framed) && !conn.dead && busy(conn.client)) return this.#whenSettled(conn, job)
+    if ((job.plan !== undefined || framed) && !conn.dead && busy(conn.client)) {
+      // The plugin's own control would wait forever behind a suspended cursor: a transaction's
+      // cursors end with it anyway.
+      if (job.plan !== undefined) for (const guarded of this.#clients?.values() ?? []) guarded.closeCursors()
+      return this.#whenSettled(conn, job)
+    }
     const tx = conn.client.getTransactionStatus()
     // Never inside a transaction (the route's, the plugin's or one the handler began), and never
     // once the session has state a fresh connection would lack (SET ROLE, set_config, temporary
@@ -322,13 +345,13 @@ export class RequestHandle implements Runner {
       job.reject(error)
       return this.#next(state)
     }
-    state.running = true
+    state.running = job
     let settled = false
     const done = (error: Error | null, result?: QueryResult<any>): void => {
       // pg calls back twice when a value fails to serialise: at once, and at ReadyForQuery.
       if (settled) return
       settled = true
-      state.running = false
+      state.running = undefined
       if (step?.after !== undefined) error = step.after(error, result) ?? error
       if (error === null) job.resolve(result as QueryResult<any>)
       else if (isConnectionError(error) && retry && this.#state === state) {
@@ -341,7 +364,7 @@ export class RequestHandle implements Runner {
     }
     // The session is over (the server said FATAL, or the socket closed): nothing sent would run.
     // pg may not know yet and would write it, and a COMMIT written then would read as unknown.
-    if (conn.dead) return done(notSentError(new Error('the connection was already lost')))
+    if (conn.dead || conn.stuck) return done(notSentError(new Error(conn.dead ? 'the connection was already lost' : 'the connection stopped answering')))
     try {
       this.#pool.wire.send(conn, statement, job.values, this.#clock, done)
     } catch (error) {
@@ -350,9 +373,16 @@ export class RequestHandle implements Runner {
     }
   }
 
-  /** A statement's error as its caller gets it: a lost connection coded (a COMMIT's as unknown). */
+  /**
+   * A statement's error as its caller gets it: one the plugin cancelled because the request ended
+   * (or the app closed) coded so, a lost connection coded (a COMMIT's as unknown).
+   */
   #failure (conn: Conn, error: Error, commit: boolean): Error {
+    if (conn.cancelled && (error as { code?: unknown }).code === '57014') {
+      return withRetryAfter(new PgCancelledError(this.ended ? 'its request ended' : 'the app is closing', { cause: error }), 1)
+    }
     conn.failed(error)
+    if (isReadTimeout(error)) return noAnswerError(error)
     if (!isConnectionError(error)) return error
     const coded = lostConnectionError(error, commit)
     if (coded instanceof PgCommitUnknownError) this.#warn(coded)
@@ -366,7 +396,7 @@ export class RequestHandle implements Runner {
       client.off('drain', go)
       client.off('end', go)
       const state = this.#state
-      if (state.kind === 'held' && state.conn === conn && !state.running) this.#next(state)
+      if (state.kind === 'held' && state.conn === conn && state.running === undefined) this.#next(state)
     }
     client.on('drain', go)
     client.on('end', go)

@@ -102,9 +102,14 @@ export class Transactions {
   }
 
   /** `transaction(fn)` through `scope`. */
-  async run<T> (scope: RequestDb, fn: (db: RequestDb) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+  run<T> (scope: RequestDb, fn: (db: RequestDb) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+    // (Returned as it is: a refusal's promise is marked handled, an async function's would not be.)
     const refusal = this.refusal(scope)
-    if (refusal !== undefined) return await this.#runner.refuse(refusal)
+    if (refusal !== undefined) return this.#runner.refuse(refusal)
+    return this.#run(fn, options)
+  }
+
+  async #run<T> (fn: (db: RequestDb) => Promise<T>, options: TransactionOptions): Promise<T> {
     checkTransactionOptions(options)
     const db = new TransactionDb(this.#runner)
     // From now on, statements through `scope` would join this transaction: they are refused.

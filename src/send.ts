@@ -36,11 +36,17 @@ export function isTransactionControl (statement: unknown): boolean {
  */
 export class Clock {
   readonly #ms: number
+  /**
+   * How long pg waits for each statement's answer (its `query_timeout`): the timeout plus the
+   * cancel grace, so a blackholed socket cannot hold a request past it. (None when the timeout is 0.)
+   */
+  readonly bound: number
   /** The open transaction already carries the timeout. */
   #timed = false
 
-  constructor (ms: number) {
+  constructor (ms: number, graceMs: number) {
     this.#ms = ms
+    this.bound = ms > 0 ? Math.min(ms + graceMs, MAX_MS) : MAX_MS
   }
 
   /** The timeout to send with `statement`, about to meet transaction status `tx`. */
@@ -69,7 +75,7 @@ export class Wire {
   clock (routeMs: number | undefined): Clock | undefined {
     const { statementTimeoutMs, pgbouncer } = this.#opts
     const ms = routeMs ?? statementTimeoutMs
-    if (pgbouncer ? ms > 0 : ms !== statementTimeoutMs) return new Clock(ms)
+    if (pgbouncer ? ms > 0 : ms !== statementTimeoutMs) return new Clock(ms, this.#opts.cancelGraceMs)
     return undefined
   }
 
@@ -100,9 +106,22 @@ export class Wire {
     const { client } = conn
     const admitted = this.admit(conn, statement)
     const ms = clock?.next(admitted, client.getTransactionStatus())
-    if (ms === undefined) (client.query as (...args: unknown[]) => unknown)(admitted, values, callback)
-    else client.query(new TimedQuery(ms, admitted, values, callback) as never)
+    // (With a clock, each statement carries its own bound; else pg's client-wide one applies.)
+    const sent = clock === undefined ? admitted : bounded(admitted, clock.bound)
+    if (ms === undefined) (client.query as (...args: unknown[]) => unknown)(sent, values, callback)
+    else client.query(new TimedQuery(ms, sent, values, callback) as never)
   }
 }
 
 type Callback = (error: Error | null, result?: any) => void
+
+/** Node's timers take at most 2^31 - 1 ms: longer is none. */
+const MAX_MS = 2 ** 31 - 1
+
+/** The statement as a config with pg's `query_timeout` (a cursor or stream is left as it is; the user's own value wins). */
+function bounded (statement: unknown, ms: number): unknown {
+  if (typeof statement === 'string') return { text: statement, query_timeout: ms }
+  const config = statement as { submit?: unknown, query_timeout?: unknown } | null
+  if (config === null || typeof config !== 'object' || typeof config.submit === 'function' || config.query_timeout !== undefined) return statement
+  return { ...config, query_timeout: ms }
+}

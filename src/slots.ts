@@ -4,6 +4,7 @@ import { PgPoolClosedError, PgQueueFullError, withRetryAfter } from './errors.js
 import type { Conn, DestroyReason } from './conn.js'
 import { channels, type PoolCounters } from './metrics.js'
 import { holdProcess } from './pg-internals.js'
+import { noop } from './deadline.js'
 import { ReturnRate } from './return-rate.js'
 import { WaitQueue, type CheckoutSignal, type Waiter } from './queue.js'
 import type { ResolvedOptions } from './options.js'
@@ -51,8 +52,8 @@ export interface SlotHooks {
   open (deadline: number, log: FastifyBaseLogger): Promise<Conn>
   /** The error for a checkout that waited past its deadline. */
   expired (waiter: Waiter): Error
-  /** The pool closed for good (the leak detector stops). */
-  shut (): void
+  /** The pool closes for good (the leak detector stops); `running` are still in use: closed once this settles. */
+  shut (running: Conn[]): Promise<void>
 }
 
 export class Slots {
@@ -113,8 +114,9 @@ export class Slots {
         if (prev === 'opening') this.#opened(conn)
         break
       case 'lent':
-        // A new checkout: nothing it sends has touched the session yet.
+        // A new checkout: nothing it sends has touched the session yet, nor been cancelled.
         conn.dirty = false
+        conn.cancelled = false
         conn.uses++
         if (this.#opts.allowExitOnIdle) holdProcess(conn.client, true)
         break
@@ -247,7 +249,7 @@ export class Slots {
       }
     }
     this.#log.debug({ reason }, 'fastify-pg-pool: connection closed')
-    conn.end()
+    conn.end(prev === 'opening')
     if (this.#life === 'closing' && this.#all.size === 0) this.#shut()
     this.#pulse()
   }
@@ -258,15 +260,17 @@ export class Slots {
     this.#live('closed')
     clearTimeout(this.#closeTimer)
     clearInterval(this.#housekeeper)
-    this.#hooks.shut()
     this.waiters.rejectAll(() => this.closedError())
-    for (const conn of this.#all) {
+    const inUse = [...this.#all].filter((conn) => conn.state !== 'idle')
+    for (const conn of inUse) {
       if (conn.lease !== undefined) {
-        this.#log.warn({ heldMs: Math.round(performance.now() - conn.lease.since) }, 'fastify-pg-pool: closeTimeoutMs passed; destroying a connection still checked out')
+        this.#log.warn({ heldMs: Math.round(performance.now() - conn.lease.since) }, 'fastify-pg-pool: closeTimeoutMs passed; cancelling and destroying a connection still checked out')
       }
-      this.move(conn, 'closed', 'close')
     }
-    this.#onClosed()
+    this.#hooks.shut(inUse).finally(() => {
+      for (const conn of this.#all) this.move(conn, 'closed', 'close')
+      this.#onClosed()
+    }).catch(noop)
   }
 
   /** Closes idle connections past `idleTimeoutMillis`, down to `min`. */

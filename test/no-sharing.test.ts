@@ -66,7 +66,8 @@ t.test('backend pids: no two requests ever use one backend at the same time', as
     t.equal(new Set(runs).size, runs.length, 'each request held its backend for one unbroken stretch')
   }
   t.equal(overlaps, 0, 'no two requests overlapped on one backend')
-  t.ok(refused.every((code) => code === 'FST_PG_REQUEST_ENDED'), 'aborted requests were refused with the coded error')
+  // The statement running when the client left is cancelled; any after it is refused.
+  t.ok(refused.every((code) => code === 'FST_PG_REQUEST_ENDED' || code === 'FST_PG_CANCELLED'), `aborted requests got the coded errors (${[...new Set(refused)].join(', ')})`)
   t.ok(spans.length >= total, 'the statements ran')
 })
 

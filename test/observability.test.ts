@@ -65,9 +65,11 @@ t.test('stats(): counts, counters since start, wait and hold times; JSON, no sec
     connectFailures: 0,
     shed: 0,
     leaks: 0,
+    cancels: 0,
+    cancelsSettled: 0,
     windowMs: 60_000
   })
-  t.same(stats.destroyed, { error: 0, ping: 0, suspect: 0, idle: 0, lifetime: 0, uses: 0, close: 0, unpooled: 0 })
+  t.same(stats.destroyed, { error: 0, ping: 0, suspect: 0, idle: 0, lifetime: 0, uses: 0, close: 0, unpooled: 0, stuck: 0 })
   t.equal(stats.acquireWaitMs.count, 8, 'successful checkouts only')
   t.equal(stats.holdMs.count, 8)
   t.ok(stats.acquireWaitMs.max >= 55, `the longest wait was the waiter served after 60 ms (${stats.acquireWaitMs.max} ms)`)
@@ -87,7 +89,7 @@ t.test('destroyed connections are counted by reason', async (t) => {
   client.release(new Error('bad'))
   await app.close()
   const { destroyed, created } = app.pg.stats()
-  t.same(destroyed, { error: 1, ping: 0, suspect: 0, idle: 0, lifetime: 0, uses: 1, close: 0, unpooled: 0 })
+  t.same(destroyed, { error: 1, ping: 0, suspect: 0, idle: 0, lifetime: 0, uses: 1, close: 0, unpooled: 0, stuck: 0 })
   t.equal(created, 2)
 })
 

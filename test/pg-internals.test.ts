@@ -12,6 +12,9 @@ import t, { type Test } from 'tap'
 import pg from 'pg'
 import Cursor from 'pg-cursor'
 import QueryStream from 'pg-query-stream'
+import { from as copyFrom } from 'pg-copy-streams'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import {
   busy,
   forgetPrepared,
@@ -21,7 +24,7 @@ import {
   Query,
   refusedUnsent,
   saysLost,
-  unsubmitted
+  queued
 } from '../src/pg-internals.js'
 import { silentServer } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
@@ -282,18 +285,18 @@ if (mode === 'hold') {
   t.equal(kept.status, 0)
 })
 
-t.test("unsubmitted(): a cursor's connection (a stream's cursor's) is set when pg submits it", async (t) => {
+t.test('queued(): a query pg has not sent waits in client._queryQueue; sent, it is not there', async (t) => {
   t.test('pg-cursor', async (t) => {
     const client = await connected(t)
     const sleep = client.query('select pg_sleep(0.05)')
     const cursor = client.query(new Cursor('select generate_series(1, 3) as n'))
-    t.equal(unsubmitted(cursor), true, 'queued behind a running statement')
+    t.equal(queued(client, cursor), true, 'queued behind a running statement')
     await sleep
     const rows = await new Promise<unknown[]>((resolve, reject) => {
       cursor.read(1, (error, rows) => { if (error) reject(error); else resolve(rows) })
     })
     t.same(rows, [{ n: 1 }])
-    t.equal(unsubmitted(cursor), false, 'submitted')
+    t.equal(queued(client, cursor), false, 'submitted')
     await cursor.close()
     t.same((await client.query('select 1 as n')).rows, [{ n: 1 }], 'closed: the client serves')
   })
@@ -302,18 +305,28 @@ t.test("unsubmitted(): a cursor's connection (a stream's cursor's) is set when p
     const client = await connected(t)
     const sleep = client.query('select pg_sleep(0.05)')
     const stream = client.query(new QueryStream('select generate_series(1, 10) as n', [], { batchSize: 2 }))
-    t.equal(unsubmitted(stream), true, 'queued behind a running statement')
-    t.equal(stream.cursor.connection, null, 'the stream keeps its pg-cursor in .cursor')
+    t.equal(queued(client, stream), true, 'queued behind a running statement')
     await sleep
     const rows = stream[Symbol.asyncIterator]()
     t.same((await rows.next()).value, { n: 1 })
-    t.equal(unsubmitted(stream), false, 'submitted')
-    t.ok(stream.cursor.connection, "stream.cursor.connection is pg's connection")
-    t.equal(stream.cursor.connection, wire(client))
+    t.equal(queued(client, stream), false, 'submitted')
     const closed = once(stream, 'close')
     stream.destroy()
     await closed
     t.same((await client.query('select 1 as n')).rows, [{ n: 1 }], 'destroyed: the client serves')
+  })
+
+  t.test('pg-copy-streams: a finished COPY FROM is not queued (its own `connection` is null again)', async (t) => {
+    const client = await connected(t)
+    await client.query('create temp table copied (n int)')
+    const sleep = client.query('select pg_sleep(0.05)')
+    const copy = client.query(copyFrom('copy copied from stdin'))
+    t.equal(queued(client, copy), true, 'queued behind a running statement')
+    await sleep
+    await pipeline(Readable.from(['1\n', '2\n']), copy)
+    t.equal(queued(client, copy), false, 'done')
+    t.equal((copy as unknown as { connection: unknown }).connection, null, 'which its own field cannot tell from never sent')
+    t.same((await client.query('select count(*)::int as n from copied')).rows, [{ n: 2 }])
   })
 })
 

@@ -103,6 +103,7 @@ async function abortMidQuery (
   const app = await buildApp(t, db, { max: 1 }, server)
   const blocked = deferred()
   const ended = deferred()
+  const running = deferred<unknown>()
   const after = deferred<unknown>()
   const handler = async (req: FastifyRequest, reply: FastifyReply): Promise<string> => {
     reply.raw.once('close', () => ended.resolve())
@@ -110,7 +111,7 @@ async function abortMidQuery (
     await req.db.query("insert into events (note) values ('aborted')")
     const pending = req.db.query(blockedQuery)
     blocked.resolve()
-    await pending
+    running.resolve(await pending.then(() => 'ran', (error: unknown) => error))
     try {
       await req.db.query("insert into events (note) values ('after the end')")
       after.resolve('ran')
@@ -124,17 +125,18 @@ async function abortMidQuery (
   const url = await listen(app)
 
   await lock()
+  t.teardown(unlock)
   const sent = send(url, method === 'POST' ? { method, body: { hello: 'world' } } : { method })
   await blocked.promise
   if (end === 'client') sent.req.destroy()
   t.type(await sent.done, Error, 'the client saw no response')
   await ended.promise
-  t.equal(app.pg.stats().active, 1, 'the connection stays out while its query runs')
-  await unlock()
-
+  // The lock is still held: only a cancel can end the statement that waits for it.
+  t.match(await running.promise, { code: 'FST_PG_CANCELLED', cause: { code: '57014' } }, 'the running statement was cancelled when the request ended')
   const error = await after.promise as { code?: string }
   t.equal(error.code, 'FST_PG_REQUEST_ENDED', 'a query after the end is refused with a coded error')
   await assertReturned(t, app, db)
+  t.match(app.pg.stats(), { cancels: 1, cancelsSettled: 1 })
   t.same(await notes(), [], 'the transaction was rolled back and the late insert never ran')
 }
 

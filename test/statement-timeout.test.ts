@@ -135,9 +135,9 @@ t.test('every statement form still answers as without a timeout', async (t) => {
 t.test("a statement's own query_timeout still applies under a route timeout", async (t) => {
   const app = await buildApp(t, db, { max: 1 })
   app.get('/', { config: { pgPool: { statementTimeoutMs: 5000 } } }, async (req) => (
-    await req.db.query({ text: 'select pg_sleep(1)', query_timeout: 100 } as never).catch((e: Error) => ({ message: e.message }))
+    await req.db.query({ text: 'select pg_sleep(1)', query_timeout: 100 } as never).catch((e: Error & { code: string }) => ({ code: e.code, cause: (e.cause as Error).message }))
   ))
-  t.same((await app.inject('/')).json(), { message: 'Query read timeout' })
+  t.same((await app.inject('/')).json(), { code: 'FST_PG_CONNECTION_LOST', cause: 'Query read timeout' })
   await assertReturned(t, app, db)
 })
 
