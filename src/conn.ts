@@ -100,6 +100,6 @@ export class Conn {
    */
   end (connecting: boolean): void {
     if (connecting) destroySocket(this.client)
-    this.client.end().catch(noop)
+    else this.client.end().catch(noop)
   }
 }

@@ -50,7 +50,7 @@ interface ClientInternals {
   _activeQuery: unknown
   _queryQueue: unknown[]
   _sentQueryQueue: unknown[]
-  connection: Connection & { stream: { destroy (): void } }
+  connection: Connection & { stream: { destroy (error?: Error): void } }
   ref (): void
   unref (): void
 }
@@ -69,11 +69,11 @@ export function busy (client: Client): boolean {
 }
 
 /**
- * Closes the client's socket at once. `end()` on a client still connecting sends Terminate and
- * half-closes, and a server that never answers keeps it connecting until its connect timeout.
+ * Closes a client still connecting, at once: its `connect()` rejects. (`end()` would half-close
+ * and leave it connecting until its connect timeout, and stop pg from ever settling it.)
  */
 export function destroySocket (client: Client): void {
-  internals(client).connection.stream.destroy()
+  internals(client).connection.stream.destroy(new Error('closed while connecting: the pool closed or the checkout gave up'))
 }
 
 /** After DISCARD ALL: the server dropped the session's prepared statements; pg must forget them too. */

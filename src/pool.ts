@@ -194,7 +194,8 @@ export class Pool implements PgPool {
 
   /** Cancels the statements still running at the close deadline: none outlives the app. */
   async #cancelAll (conns: Conn[]): Promise<void> {
-    await Promise.all(conns.filter((conn) => busy(conn.client) && !conn.dead).map((conn) => this.#checkin.cancel(conn)))
+    // (One coming back is cancelled on its way, if need be.)
+    await Promise.all(conns.filter((conn) => conn.state === 'lent' && busy(conn.client) && !conn.dead).map((conn) => this.#checkin.cancel(conn)))
   }
 
   /** @internal The app is shutting down (Fastify's preClose): `closeTimeoutMs` starts now. */
