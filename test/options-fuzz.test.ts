@@ -109,6 +109,7 @@ function keySpecs (url: URL): Record<string, KeySpec> {
     maxLifetimeMs: { valid: ms(0, false, 1000, MAX_MS) },
     maxLifetimeJitter: { valid: fixed(0, 0.5, 0.999) },
     closeTimeoutMs: { valid: ms(0, 100, MAX_MS) },
+    cancelGraceMs: { valid: ms(1, 100, MAX_MS) },
     statementTimeoutMs: { valid: ms(0, false, 5000, MAX_MS) },
     pgbouncer: { valid: fixed(true, false) },
     leakDetectionMs: { valid: ms(0, false, 10_000, MAX_MS) },
@@ -403,6 +404,8 @@ if (process.env.FUZZ_WORKER === '1') {
 } else {
   const { default: t } = await import('tap')
   const { setupDatabase } = await import('./helpers/postgres.js')
+  // 300 cases, each a child app: seconds alone, longer on a loaded machine than tap's 30 s default.
+  t.setTimeout(180_000)
   const db = await setupDatabase(t)
 
   t.test(`every option value works or is refused at register time (seed ${SEED}, ${CASES} cases; replay: FUZZ_SEED=${SEED} FUZZ_CASES=${CASES})`, async (t) => {
