@@ -5,13 +5,14 @@
  * timeout, pg gives up on a silent socket at the timeout plus the grace. COPY and streams keep
  * their connection when they succeed; a client its user ended never goes back to the pool.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams'
 import t from 'tap'
 import { appBackends, buildApp } from './helpers/app.js'
-import { proxied } from './helpers/net.js'
+import { closedPort, proxied, silentServer } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { listen, send, until } from './helpers/util.js'
 
@@ -19,6 +20,15 @@ const db = await setupDatabase(t)
 await db.admin('create table imported (n int)')
 
 const pid = 'select pg_backend_pid() as pid'
+
+/** Messages of the cancel diagnostics channel while the test runs. */
+function listenCancel (t: { teardown (fn: () => void): void }): Array<{ settled: boolean }> {
+  const seen: Array<{ settled: boolean }> = []
+  const fn = (message: unknown): void => { seen.push(message as { settled: boolean }) }
+  subscribe('fastify-pg-pool:cancel', fn)
+  t.teardown(() => unsubscribe('fastify-pg-pool:cancel', fn))
+  return seen
+}
 
 /** Waits until the app's backend runs `text` (so the statement is on the server, not in flight). */
 async function running (text: string): Promise<void> {
@@ -75,7 +85,16 @@ t.test('blackholed mid-statement: the connection is destroyed after cancelGraceM
 t.test('statementTimeoutMs on a blackholed socket: the request itself answers at the timeout plus the grace', async (t) => {
   const { proxy, url: through } = await proxied(t, db)
   const app = await buildApp(t, db, { connectionString: through, max: 1, statementTimeoutMs: 500, cancelGraceMs: 300, pingIdleMs: false })
-  app.get('/sleep', async (req) => (await req.db.query('select pg_sleep(5)')).rows)
+  let after: unknown
+  app.get('/sleep', async (req) => {
+    try {
+      return (await req.db.query('select pg_sleep(5)')).rows
+    } catch (error) {
+      // What the request sends next would wait behind the statement pg gave up on: not sent.
+      after = await req.db.query('select 1').catch((e: unknown) => e)
+      throw error
+    }
+  })
   app.get('/pid', async (req) => (await req.db.query(pid)).rows[0].pid)
   const url = await listen(app)
   const start = performance.now()
@@ -89,8 +108,31 @@ t.test('statementTimeoutMs on a blackholed socket: the request itself answers at
   t.match(res, { status: 500 })
   t.match(JSON.parse((res as { body: string }).body), { code: 'FST_PG_CONNECTION_LOST' })
   t.ok(ms >= 750 && ms < 2500, `about 800 ms (${Math.round(ms)} ms)`)
+  t.match(after, { code: 'FST_PG_CONNECTION_LOST', statusCode: 503 }, 'a later statement of the request is refused unsent')
   t.ok((await servedAfter(url, '/pid')).ms < 1500, 'the next request is served on a new connection')
 })
+
+for (const [name, place] of [['refuses the connection', 'refused'], ['closes it unread', 'closed'], ['never answers it', 'silent']] as const) {
+  t.test(`the server ${name} for the cancel: the connection is destroyed after the grace`, async (t) => {
+    const { proxy, url: through } = await proxied(t, db)
+    const app = await buildApp(t, db, { connectionString: through, max: 1, cancelGraceMs: 300, pingIdleMs: false })
+    // (Its own text: the other case's statement may still sleep on the server, never cancelled.)
+    const sleep = `select pg_sleep(2) -- ${place}`
+    app.get('/sleep', async (req) => (await req.db.query(sleep)).rows)
+    const url = await listen(app)
+    const sent = send(`${url}/sleep`)
+    await running(sleep)
+    // A failover: the connection goes silent, and the address it came from is gone, or hangs.
+    proxy.blackhole()
+    if (place === 'refused') proxy.stopListening()
+    else proxy.retarget(place === 'closed' ? await closedPort() : await silentServer(t))
+    const cancel = listenCancel(t)
+    sent.req.destroy()
+    await until(() => app.pg.stats().destroyed.stuck === 1, 'the connection is destroyed')
+    t.match(app.pg.stats(), { cancels: 1, cancelsSettled: 0 })
+    t.match(cancel, [{ settled: false }])
+  })
+}
 
 t.test('a route timeout carries its own client-side bound, past the plugin-wide one', async (t) => {
   const app = await buildApp(t, db, { max: 1, statementTimeoutMs: 200, cancelGraceMs: 100 })

@@ -7,6 +7,7 @@
  *   with a RST (a NAT that lost the flow, a load balancer that failed over).
  * - hold() / resume(): existing connections stall (bytes wait in the kernel), then flow again:
  *   a slow network, under the test's control.
+ * - stopListening(): new connections are refused; open ones carry on.
  * - cutAfter(): the connection is cut once a given statement has reached the server: the server
  *   runs it (a COMMIT commits) and the client never hears the reply.
  */
@@ -189,6 +190,11 @@ export class TcpProxy {
     const rule: Rule = { match, once, at }
     this.#rules.add(rule)
     return () => this.#rules.delete(rule)
+  }
+
+  /** Stops listening: new connections are refused (the address is gone), open ones carry on. */
+  stopListening (): void {
+    this.#server.close()
   }
 
   async close (): Promise<void> {
