@@ -100,11 +100,9 @@ export class Checkin {
     conn.cancelled = true
     const { client } = conn
     return new Promise((resolve) => {
-      let delivered = false
-      let settled = false
       let done = false
       const finish = (ok: boolean, error?: unknown): void => {
-        if (done) return
+        if (done) return // (the grace ran out, then the cancel's own attempt failed)
         done = true
         clearTimeout(timer)
         client.off('drain', drained)
@@ -114,17 +112,18 @@ export class Checkin {
         if (channels.cancel.hasSubscribers) channels.cancel.publish({ pool: this.#owner, settled: ok, durationMs: performance.now() - started, error })
         resolve(ok)
       }
+      // Two things to wait for, in either order: the server took the cancel, and pg settled.
+      let waiting = 2
+      const arrived = (): void => { if (--waiting === 0) finish(true) }
       const drained = (): void => {
-        settled = true
-        if (delivered) finish(true)
+        client.off('drain', drained)
+        client.off('end', drained)
+        arrived()
       }
       const timer = setTimeout(() => finish(false), grace)
       client.on('drain', drained)
       client.on('end', drained)
-      cancelRequest(client, this.#opts.client.stream, grace).then(() => {
-        delivered = true
-        if (settled) finish(true)
-      }, (error: unknown) => finish(false, error))
+      cancelRequest(client, this.#opts.client.stream, grace).then(arrived, (error: unknown) => finish(false, error))
     })
   }
 }

@@ -196,3 +196,13 @@ t.test('a client-side query_timeout condemns that connection only', async (t) =>
   t.has(app.pg.stats(), { total: 3, idle: 3, active: 0, waiting: 0, cancels: 1 }, 'its peers stay pooled')
   await t.rejects(app.pg.query({ text: 'select pg_sleep(0.5)', retry: true }), { code: 'FST_PG_CONNECTION_LOST', cause: { message: 'Query read timeout' } }, 'and it is not retried')
 })
+
+t.test('a client released after the pool destroyed it at the close deadline: nothing more happens', async (t) => {
+  const app = await buildApp(t, db, { max: 1, closeTimeoutMs: 0 })
+  const client = await app.pg.pool.connect()
+  await app.close()
+  t.equal(app.pg.stats().destroyed.close, 1, 'destroyed at the deadline')
+  t.doesNotThrow(() => client.release(), 'its release is accepted')
+  t.match(app.pg.stats(), { total: 0, idle: 0, destroyed: { close: 1, error: 0 } }, 'and changes nothing')
+  t.throws(() => client.release(), { code: 'FST_PG_DOUBLE_RELEASE' })
+})

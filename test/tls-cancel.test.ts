@@ -2,7 +2,8 @@
  * A request aborted mid-statement on a connection over TLS: the plugin's CancelRequest opens a
  * connection of its own with the client's `ssl` and `sslnegotiation` (an SSLRequest, then the
  * cancel inside TLS; or TLS at once with `sslnegotiation: 'direct'`), and the statement stops.
- * The server is a PostgreSQL of its own with `ssl=on` and a throwaway self-signed certificate.
+ * The server is a PostgreSQL of its own with `ssl=on` and a throwaway self-signed certificate;
+ * it listens on a unix socket too, where the cancel goes the same way as the connection.
  */
 import t from 'tap'
 import { buildApp } from './helpers/app.js'
@@ -49,4 +50,11 @@ t.test("sslnegotiation: 'direct' (TLS at once, PostgreSQL 17+): the cancel start
   await abortMidSleep(t, app, db, "over TLS with sslnegotiation: 'direct'")
   t.equal(wire.openings.length, 2, "two connections: the app's and the cancel's")
   t.ok(wire.openings.every((o) => o.first === 0x16), 'each began with a TLS handshake record (no SSLRequest, no plain CancelRequest)')
+})
+
+t.test('through a unix socket: the cancel goes through the socket too', async (t) => {
+  const app = await buildApp(t, { ...db, url: db.socketUrl }, { max: 1 })
+  const { rows: [row] } = await app.pg.query('select client_addr is null as local from pg_stat_activity where pid = pg_backend_pid()')
+  t.equal(row.local, true, "the app's backend is reached through the socket")
+  await abortMidSleep(t, app, db, 'through a unix socket')
 })

@@ -30,6 +30,8 @@ const BASE = join(tmpdir(), 'fastify-pg-pool-test')
 export interface TlsDatabase extends Database {
   /** The server's port. */
   port: number
+  /** The same database through the server's unix socket (no TLS there). */
+  socketUrl: string
   /** What the server wrote to stderr. */
   log (): string
 }
@@ -72,6 +74,10 @@ export async function startTlsPostgres (t: Teardown): Promise<TlsDatabase> {
   chmodSync(folder, 0o755)
   writeFileSync(join(folder, 'owner'), String(process.pid))
   const dataDir = join(folder, 'data')
+  // A unix socket too (the cancel of a connection made through one goes through one).
+  const socketDir = join(folder, 'socket')
+  mkdirSync(socketDir)
+  chmodSync(socketDir, 0o777)
 
   let log = ''
   let server: EmbeddedPostgres | undefined
@@ -98,7 +104,7 @@ export async function startTlsPostgres (t: Teardown): Promise<TlsDatabase> {
         '-c', 'fsync=off',
         '-c', 'synchronous_commit=off',
         '-c', 'full_page_writes=off',
-        '-c', 'unix_socket_directories=',
+        '-c', `unix_socket_directories=${socketDir}`,
         '-c', 'listen_addresses=127.0.0.1',
         '-c', 'max_connections=50',
         '-c', 'ssl=on',
@@ -136,6 +142,7 @@ export async function startTlsPostgres (t: Teardown): Promise<TlsDatabase> {
 
   return {
     url,
+    socketUrl: `postgres://${USER}:${PASSWORD}@localhost:${port}/${name}?host=${encodeURIComponent(socketDir)}`,
     port,
     log: () => log,
     admin: (text, values) => admin.query(text, values)
