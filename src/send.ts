@@ -13,20 +13,38 @@ import { lex, textOf } from './sql.js'
 
 /** What a transaction control statement, or one that must be a transaction's first, starts with. */
 const CONTROL_WORDS = new Set(['begin', 'commit', 'end', 'rollback', 'abort', 'savepoint', 'release'])
-const MAY_CONTROL = /\b(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare|set)\b/i
+/** What a statement PostgreSQL refuses inside a transaction block (SQLSTATE 25001) may start with. */
+const BLOCKLESS_WORDS = new Set(['vacuum', 'discard', 'cluster', 'reindex', 'create', 'drop', 'alter'])
+const MAY_MATTER = /\b(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare|set|vacuum|discard|cluster|reindex|create|drop|alter)\b/i
 
 /**
- * Transaction control, and what must be a transaction's first statement: never prefixed (a
- * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them). Read from the
- * first tokens, so comments cannot hide it.
+ * Never sent with the statement timeout in front (`TimedQuery` makes the pair one implicit
+ * transaction): transaction control and what must be a transaction's first statement (a
+ * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them), and what
+ * PostgreSQL refuses inside a transaction block: VACUUM, DISCARD ALL, CLUSTER of every table,
+ * CONCURRENTLY index builds and drops, CREATE/DROP DATABASE, TABLESPACE or SUBSCRIPTION, ALTER
+ * SYSTEM. (Those are bounded by the client side only: see `Clock.bound`.) Read from the first
+ * tokens, so comments cannot hide it.
  */
-export function isTransactionControl (statement: unknown): boolean {
+export function unprefixable (statement: unknown): boolean {
   const text = textOf(statement)
-  if (text === undefined || !MAY_CONTROL.test(text)) return false
-  // (a word in a comment, no token at all: neither test below holds)
-  const [first = '', second] = lex(text, 2)
+  if (text === undefined || !MAY_MATTER.test(text)) return false
+  // (a word in a comment, no token at all: no test below holds)
+  const tokens = lex(text, 5)
+  const [first = '', second = ''] = tokens
   if (CONTROL_WORDS.has(first)) return true
-  return second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')
+  if (second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')) return true
+  return BLOCKLESS_WORDS.has(first) && blockless(first, second, tokens)
+}
+
+function blockless (first: string, second: string, tokens: string[]): boolean {
+  switch (first) {
+    case 'vacuum': case 'discard': return true
+    case 'cluster': return second === '' || second === ';' || second === 'verbose'
+    case 'alter': return second === 'system' || second === 'subscription'
+    // reindex ... concurrently; create [unique] index concurrently; drop index concurrently; create/drop database ...
+    default: return ['database', 'tablespace', 'subscription'].includes(second) || tokens.includes('concurrently')
+  }
 }
 
 /**
@@ -51,7 +69,7 @@ export class Clock {
 
   /** The timeout to send with `statement`, about to meet transaction status `tx`. */
   next (statement: unknown, tx: string | null): number | undefined {
-    if (isTransactionControl(statement)) this.#timed = false
+    if (unprefixable(statement)) this.#timed = false
     else if (tx === 'I' || (tx === 'T' && !this.#timed)) {
       this.#timed = tx === 'T'
       return this.#ms

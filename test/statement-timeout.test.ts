@@ -203,3 +203,36 @@ t.test('a value that fails to serialise: one answer, and the next statement sees
   t.same((await app.inject('/')).json(), ['cannot serialise', 'COMMIT', 'SELECT'])
   await assertReturned(t, app, db)
 })
+
+t.test('a route timeout leaves out what PostgreSQL refuses inside a transaction block (25001), and only that', async (t) => {
+  await db.admin('create table if not exists blockless (n int)')
+  const app = await buildApp(t, db, { max: 1 })
+  const timed = { config: { pgPool: { statementTimeoutMs: 5000 } } }
+  const statements = [
+    'vacuum blockless',
+    'discard all',
+    'cluster',
+    'cluster verbose',
+    'create index concurrently blockless_n on blockless (n)',
+    'reindex (concurrently) table blockless',
+    'drop index concurrently blockless_n',
+    'alter system reset work_mem',
+    'create database fpp_blockless',
+    'drop database fpp_blockless'
+  ]
+  for (const [i, sql] of statements.entries()) {
+    app.get(`/${i}`, timed, async (req) => (await req.db.query(sql)).command)
+  }
+  // Everything else still carries it: an ALTER TABLE, a CREATE TABLE ... AS that sleeps past it.
+  app.get('/alter', timed, async (req) => (await req.db.query('alter table blockless add column if not exists m int')).command)
+  app.get('/slow', { config: { pgPool: { statementTimeoutMs: 50 } } }, async (req) => (
+    await req.db.query('create table blockless_slow as select 1 as s from pg_sleep(0.5)').catch((e: { code: string }) => ({ code: e.code }))
+  ))
+  for (const [i, sql] of statements.entries()) {
+    const res = await app.inject(`/${i}`)
+    t.equal(res.statusCode, 200, `${sql}: ${res.statusCode === 200 ? 'ran' : res.body}`)
+  }
+  t.equal((await app.inject('/alter')).statusCode, 200)
+  t.same((await app.inject('/slow')).json(), { code: '57014' }, 'cancelled by the timeout it carried')
+  await assertReturned(t, app, db)
+})
