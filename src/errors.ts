@@ -61,6 +61,16 @@ export const PgCancelledError = createError<'FST_PG_CANCELLED', 503, [string, { 
   503
 )
 
+/**
+ * `request.db.query()` was given a callback (pg's callback style): it returns a promise and would
+ * never call the function. Thrown at once; nothing was checked out or sent.
+ */
+export const PgCallbackError = createError<'FST_PG_CALLBACK', 500, []>(
+  'FST_PG_CALLBACK',
+  'request.db.query() takes no callback: await the promise it returns (nothing was sent)',
+  500
+)
+
 /** `request.db` was used after its request ended; the query was not sent. */
 export const PgRequestEndedError = createError<'FST_PG_REQUEST_ENDED', 500, []>(
   'FST_PG_REQUEST_ENDED',

@@ -11,6 +11,7 @@ import { routeSettings, setupRoute, type PgRouteConfig } from './route.js'
 
 export {
   PgAcquireTimeoutError,
+  PgCallbackError,
   PgCancelledError,
   PgCommitUnknownError,
   PgConnectionLostError,

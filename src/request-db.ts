@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult } from 'pg'
 import {
+  PgCallbackError,
   PgCancelledError,
   PgCommitUnknownError,
   PgRequestEndedError,
@@ -108,8 +109,8 @@ export class RequestHandle implements Runner {
     else response.once('close', () => this.#end(response.writableEnded === true))
   }
 
-  query (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
-    return this.runIn(this, text, values)
+  query (text: string | PgQueryConfig, values?: unknown[], ...rest: unknown[]): Promise<QueryResult<any>> {
+    return this.runIn(this, text, values, rest[0])
   }
 
   transaction<T> (fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T> {
@@ -122,7 +123,9 @@ export class RequestHandle implements Runner {
   }
 
   /** @internal `query()` of `request.db` or of a transaction's `db`. */
-  runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
+  runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[], callback?: unknown): Promise<QueryResult<any>> {
+    // pg's callback style would never be called back: refused at once, loudly, nothing checked out.
+    if (typeof values === 'function' || typeof callback === 'function' || typeof text === 'function') throw new PgCallbackError()
     const refusal = this.#refusal(scope)
     if (refusal !== undefined) return this.refuse(refusal)
     return this.run(text, values, undefined)

@@ -18,7 +18,7 @@ export interface Runner extends RequestDb {
   runFirst (plan: Plan): Promise<unknown>
   /** A refused statement: logged, and rejected (already marked handled). */
   refuse (error: Error): Promise<never>
-  runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>>
+  runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[], callback?: unknown): Promise<QueryResult<any>>
   transactionIn<T> (scope: RequestDb, fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
   connectionIn (scope: RequestDb): Promise<PoolClient>
 }
@@ -33,8 +33,8 @@ class TransactionDb implements RequestDb {
     this.#runner = runner
   }
 
-  query (text: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<any>> {
-    return this.#runner.runIn(this, text, values)
+  query (text: string | PgQueryConfig, values?: unknown[], ...rest: unknown[]): Promise<QueryResult<any>> {
+    return this.#runner.runIn(this, text, values, rest[0])
   }
 
   transaction<T> (fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T> {
