@@ -31,8 +31,6 @@ export class Checkin {
   readonly #counters: PoolCounters
   readonly #owner: object
   readonly holds = new WindowHistogram()
-  /** Cancelled, and not yet confirmed by a round trip. */
-  readonly #cancelled = new WeakSet<Conn>()
 
   constructor (owner: object, opts: ResolvedOptions, log: FastifyBaseLogger, slots: Slots, counters: PoolCounters) {
     this.#owner = owner
@@ -58,7 +56,7 @@ export class Checkin {
 
   #next (conn: Conn): void {
     if (conn.state !== 'returning') return // closed meanwhile (the pool closed)
-    if (busy(conn.client) && !conn.dead && !this.#cancelled.has(conn)) {
+    if (busy(conn.client) && !conn.dead && !conn.cancelled) {
       this.cancel(conn).then((settled) => settled ? this.#next(conn) : this.#slots.move(conn, 'closed', 'stuck'), noop)
       return
     }
@@ -67,7 +65,7 @@ export class Checkin {
     const tx = conn.client.getTransactionStatus()
     if (tx === 'T' || tx === 'E') return this.#step(conn, 'ROLLBACK')
     if (conn.dirty) return this.#step(conn, 'DISCARD ALL')
-    if (this.#cancelled.has(conn)) return this.#step(conn, '')
+    if (conn.cancelled) return this.#step(conn, '')
     this.#slots.putBack(conn)
   }
 
@@ -76,7 +74,8 @@ export class Checkin {
     roundTrip(conn.client, sql, this.#opts.pingTimeoutMs).then(
       () => {
         if (sql === 'DISCARD ALL') conn.sessionReset()
-        this.#cancelled.delete(conn)
+        // (A late cancel would have landed on this round trip: none can reach the next holder.)
+        conn.cancelled = false
         this.#next(conn)
       },
       (error: unknown) => {
@@ -96,7 +95,6 @@ export class Checkin {
     const started = performance.now()
     const grace = this.#opts.cancelGraceMs
     this.#counters.cancels++
-    this.#cancelled.add(conn)
     conn.cancelled = true
     const { client } = conn
     return new Promise((resolve) => {

@@ -54,7 +54,10 @@ export class Conn {
    */
   dirty = false
   lifetime: NodeJS.Timeout | undefined = undefined
-  /** The plugin cancelled what ran on it in this checkout (a 57014 is then the plugin's doing). */
+  /**
+   * The plugin cancelled what ran on it in this checkout (a 57014 is then the plugin's doing), and
+   * no round trip has confirmed since that the cancel cannot land on a later statement.
+   */
   cancelled = false
 
   readonly #onLost: (conn: Conn) => void

@@ -28,8 +28,8 @@ import type { ResolvedOptions } from './options.js'
  * | any → closed | failed, unpooled, past `maxUses`, lifetime or `idleTimeoutMillis`, pool closed | leaves stack and set, counted by reason, client ended; a waiter gets the slot |
  *
  * `lent` is running while pg has a statement of it running or queued (`busy()` in pg-internals.ts
- * reads it from pg, the one authority on it). A statement cancelled when its holder leaves would be a state
- * between `lent` and `returning`.
+ * reads it from pg, the one authority on it). A statement still running when its holder lets go
+ * is cancelled while `returning` (checkin.ts, step 1).
  */
 
 /** open → winding down (Fastify's preClose: `closeTimeoutMs` runs, checkouts still served) → closing (no checkouts) → closed. */
