@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Conn, Lease } from './conn.js'
@@ -6,6 +7,7 @@ import { channels, WindowHistogram, type PoolCounters } from './metrics.js'
 import type { ResolvedOptions } from './options.js'
 import { busy, cancelRequest } from './pg-internals.js'
 import type { Slots } from './slots.js'
+import { tell } from './pool-contract.js'
 
 /**
  * The return policy: what happens when a connection comes back from its holder, in order, each
@@ -29,10 +31,10 @@ export class Checkin {
   readonly #log: FastifyBaseLogger
   readonly #slots: Slots
   readonly #counters: PoolCounters
-  readonly #owner: object
+  readonly #owner: EventEmitter
   readonly holds = new WindowHistogram()
 
-  constructor (owner: object, opts: ResolvedOptions, log: FastifyBaseLogger, slots: Slots, counters: PoolCounters) {
+  constructor (owner: EventEmitter, opts: ResolvedOptions, log: FastifyBaseLogger, slots: Slots, counters: PoolCounters) {
     this.#owner = owner
     this.#opts = opts
     this.#log = log
@@ -40,14 +42,18 @@ export class Checkin {
     this.#counters = counters
   }
 
-  /** Takes back a connection its holder let go. A second call for the same checkout does nothing. */
-  release (conn: Conn): void {
+  /**
+   * Takes back a connection its holder let go (`error`: what a client's `release(err)` was
+   * given, for pg-pool's 'release' event). A second call for the same checkout does nothing.
+   */
+  release (conn: Conn, error?: unknown): void {
     if (conn.state !== 'lent') return
     const now = performance.now()
     const lease = conn.lease as Lease
     this.holds.record(now - lease.since, now)
     if (channels.release.hasSubscribers) channels.release.publish({ pool: this.#owner, requestId: lease.holder?.id, holdMs: now - lease.since })
     this.#slots.move(conn, 'returning')
+    tell(this.#owner, 'release', error, conn.client)
     // Whether its session is reset on the way back (see sessionReset), decided once.
     const { sessionReset } = this.#opts
     conn.dirty = sessionReset === 'always' || (sessionReset === 'auto' && conn.dirty)

@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import { PgAcquireTimeoutError, PgUnavailableError, withRetryAfter } from './errors.js'
@@ -8,6 +9,7 @@ import type { ResolvedOptions } from './options.js'
 import { isConnectTimeout } from './pg-internals.js'
 import type { CheckoutSignal } from './queue.js'
 import type { Slots } from './slots.js'
+import { tell } from './pool-contract.js'
 
 export interface AcquireOptions {
   /** Aborting abandons the checkout: a waiting request takes no connection. */
@@ -30,7 +32,8 @@ export class Checkout {
   readonly #opts: ResolvedOptions
   readonly #log: FastifyBaseLogger
   readonly #counters: PoolCounters
-  readonly #owner: object
+  /** The public pool: named in diagnostics messages, and tells pg-pool's events. */
+  readonly #owner: EventEmitter
   /** Set once the slots exist (they and this policy call each other). */
   slots!: Slots
   readonly waits = new WindowHistogram()
@@ -41,7 +44,7 @@ export class Checkout {
    */
   #suspectBefore = -Infinity
 
-  constructor (owner: object, opts: ResolvedOptions, log: FastifyBaseLogger, counters: PoolCounters) {
+  constructor (owner: EventEmitter, opts: ResolvedOptions, log: FastifyBaseLogger, counters: PoolCounters) {
     this.#owner = owner
     this.#opts = opts
     this.#log = log
@@ -56,6 +59,7 @@ export class Checkout {
       const { since, pings } = conn.lease as Lease
       this.#counters.acquires++
       this.waits.record(since - started, since)
+      tell(this.#owner, 'acquire', conn.client)
       if (channels.acquire.hasSubscribers) {
         // Never pooled before: opened for this checkout.
         channels.acquire.publish({ pool: this.#owner, requestId: options.holder?.id, waitMs: since - started, created: conn.idleSince === conn.createdAt, pings })
@@ -112,12 +116,12 @@ export class Checkout {
     // Which limit cuts the connect short: the checkout deadline, or the user's connect timeout?
     const deadlineBound = connectTimeoutMs === 0 || remaining <= connectTimeoutMs
     const client = new Client({ ...config, connectionTimeoutMillis: deadlineBound ? remaining : connectTimeoutMs })
-    const conn = new Conn(client, (lost) => this.#connectionLost(lost))
+    const conn = new Conn(client, (lost, error) => this.#connectionLost(lost, error))
     this.slots.move(conn, 'opening')
     // Every client carries these for its whole life: an error never goes unheard.
     const lost = (error?: Error): void => {
       if (error !== undefined) this.#log.debug({ err: error }, 'fastify-pg-pool: connection error')
-      conn.lost()
+      conn.lost(error)
     }
     client.on('error', lost)
     client.on('end', () => lost())
@@ -126,6 +130,7 @@ export class Checkout {
       // The user's hook is bounded by the checkout deadline too.
       if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now())
       this.slots.move(conn, 'checking')
+      tell(this.#owner, 'connect', client)
     } catch (error) {
       this.slots.move(conn, 'closed')
       if (!this.slots.serving) throw this.slots.closedError()
@@ -150,11 +155,15 @@ export class Checkout {
 
   /**
    * A connection died under us (a failover, a restart, a network cut, or just that backend).
-   * Its idle peers are suspect until proven alive; with pinging off they are closed.
+   * Its idle peers are suspect until proven alive; with pinging off they are closed. An idle one
+   * that died with an error is pg-pool's 'error' event (told only to listeners: none is needed).
    */
-  #connectionLost (conn: Conn): void {
+  #connectionLost (conn: Conn, error: Error | undefined): void {
     this.#suspectBefore = performance.now()
-    if (conn.state === 'idle') this.slots.move(conn, 'closed', 'error')
+    if (conn.state === 'idle') {
+      if (error !== undefined) tell(this.#owner, 'error', error, conn.client)
+      this.slots.move(conn, 'closed', 'error')
+    }
     if (this.#opts.pingIdleMs === Infinity) this.#closeSuspects()
   }
 

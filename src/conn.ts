@@ -60,10 +60,10 @@ export class Conn {
    */
   cancelled = false
 
-  readonly #onLost: (conn: Conn) => void
+  readonly #onLost: (conn: Conn, error: Error | undefined) => void
 
-  /** `onLost` hears of the first sign that the connection died under us. */
-  constructor (client: Client, onLost: (conn: Conn) => void) {
+  /** `onLost` hears of the first sign that the connection died under us (with pg's error, if it gave one). */
+  constructor (client: Client, onLost: (conn: Conn, error: Error | undefined) => void) {
     this.client = client
     this.#onLost = onLost
   }
@@ -74,12 +74,12 @@ export class Conn {
   }
 
   /** The connection died (its socket closed, or a connection-class error). */
-  lost (): void {
+  lost (error?: Error): void {
     this.dead = true
     // (Not heard for a connection the pool closed itself, nor twice.)
     if (this.fate === 'error' || this.state === 'closed') return
     this.fate = 'error'
-    this.#onLost(this)
+    this.#onLost(this, error)
   }
 
   /** Records a query error; a connection-class one condemns the connection. */

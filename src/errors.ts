@@ -62,12 +62,22 @@ export const PgCancelledError = createError<'FST_PG_CANCELLED', 503, [string, { 
 )
 
 /**
- * `request.db.query()` was given a callback (pg's callback style): it returns a promise and would
- * never call the function. Thrown at once; nothing was checked out or sent.
+ * A callback where the API has none, or in the wrong place: `request.db.query()` returns a promise
+ * and would never call it. Thrown at once; nothing was checked out or sent.
  */
-export const PgCallbackError = createError<'FST_PG_CALLBACK', 500, []>(
+export const PgCallbackError = createError<'FST_PG_CALLBACK', 500, [string]>(
   'FST_PG_CALLBACK',
-  'request.db.query() takes no callback: await the promise it returns (nothing was sent)',
+  '%s (nothing was sent)',
+  500
+)
+
+/**
+ * `pool.query()` was given a stream or a cursor (a submittable): the pool would have no moment to
+ * take its connection back. Check out a client with `pool.connect()` and pass it to `client.query()`.
+ */
+export const PgSubmittableError = createError<'FST_PG_SUBMITTABLE', 500, []>(
+  'FST_PG_SUBMITTABLE',
+  'pool.query() cannot run a stream or a cursor: pass it to the query() of a client from pool.connect(), and release that client when it ends',
   500
 )
 

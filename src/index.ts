@@ -24,6 +24,7 @@ export {
   PgSaturatedError,
   PgRequestEndedError,
   PgSessionStateError,
+  PgSubmittableError,
   PgTransactionAbortedError,
   PgTransactionControlError,
   PgTransactionEndedEarlyError,

@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
-import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
+import type { Pool as PgPoolClass, PoolClient, PoolOptions, QueryResult } from 'pg'
 import { PgDoubleReleaseError, PgReleasedError, isConnectionError, lostConnectionError, noAnswerError } from './errors.js'
 import { Checkin } from './checkin.js'
 import { Checkout, type AcquireOptions } from './checkout.js'
@@ -11,6 +11,7 @@ import { channels, newCounters, WINDOW_MS, type PoolCounters, type Summary } fro
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 import { Slots, type PoolCounts } from './slots.js'
 import { Wire } from './send.js'
+import { PoolContract, type PoolQuery } from './pool-contract.js'
 import { busy, isReadTimeout } from './pg-internals.js'
 import { commits } from './transaction.js'
 
@@ -26,35 +27,35 @@ export interface PoolStats extends PoolCounts, PoolCounters {
   windowMs: number
 }
 
-/** `fastify.pg.pool`: the pool behind `request.db`. */
-export interface PgPool {
+/**
+ * `fastify.pg.pool`: the pool behind `request.db`, and a pg.Pool to the libraries that take one
+ * (its events, `connect()`, `query()` and `end()`, promise or callback; see the README for where
+ * it deliberately differs from pg-pool).
+ */
+export interface PgPool extends Omit<PgPoolClass, 'query'>, PoolQuery {
   /**
    * Checks out a client for work outside a request (migrations, jobs). Call `release()` once
    * when done; `release(err)` destroys it instead. A second call throws FST_PG_DOUBLE_RELEASE.
    */
   connect (): Promise<PoolClient>
-  /**
-   * One statement on a connection checked out for it alone. With `{ retry: true }` it is sent
-   * once more on a fresh connection after a connection-class error.
-   */
-  query<R extends QueryResultRow = any>(textOrConfig: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<R>>
+  connect (callback: (err: Error | undefined, client: PoolClient | undefined, done: (release?: any) => void) => void): void
   /** Connections and checkouts right now: four numbers, cheap enough for every health check. */
   counts (): PoolCounts
   /** Counts, counters since start, and wait and hold times over the last minute. */
   stats (): PoolStats
-  /** Stops checkouts, closes idle connections, waits `closeTimeoutMs` for checked-out ones. */
+  /**
+   * Closes the pool for good (`end()` by its Fastify name; `app.close()` calls it): checkouts
+   * fail from now on with FST_PG_POOL_CLOSED, idle connections close, checked-out ones have
+   * `closeTimeoutMs` to come back, then their statements are cancelled and they are destroyed.
+   */
   close (): Promise<void>
-  /** pg-pool's counts: connections open, idle, and checkouts waiting. */
-  readonly totalCount: number
-  readonly idleCount: number
-  readonly waitingCount: number
 }
 
 /**
  * The public face over the pool's parts: slots (slots.ts, the mechanism), the checkout and return
  * policies (checkout.ts, checkin.ts), the wire statements go through (send.ts).
  */
-export class Pool implements PgPool {
+export class Pool extends PoolContract implements PgPool {
   readonly #opts: ResolvedOptions
   readonly #counters = newCounters()
   readonly #slots: Slots
@@ -66,13 +67,16 @@ export class Pool implements PgPool {
   /** @internal The plugin's checkout: a healthy connection within `acquireTimeoutMs`, or a coded 503. */
   readonly acquire: (options?: AcquireOptions) => Promise<Conn>
   /** @internal Takes back a connection from `acquire` (see checkin.ts). */
-  readonly release: (conn: Conn) => void
+  readonly release: (conn: Conn, error?: unknown) => void
   /** @internal Leak detection is on: checkouts should bring an `origin`. */
   readonly leakDetection: boolean
   readonly #clock
+  readonly options: PoolOptions
 
   constructor (opts: ResolvedOptions, log: FastifyBaseLogger) {
+    super()
     this.#opts = opts
+    this.options = poolOptions(opts)
     this.wire = new Wire(opts)
     this.#clock = this.wire.clock(undefined)
     const checkout = this.#checkout = new Checkout(this, opts, log, this.#counters)
@@ -96,6 +100,12 @@ export class Pool implements PgPool {
   get totalCount (): number { return this.#slots.size }
   get idleCount (): number { return this.#slots.idleCount }
   get waitingCount (): number { return this.#slots.waiters.size }
+  /** Connections past their lifetime, still checked out: closed when they come back. */
+  get expiredCount (): number {
+    let expired = 0
+    for (const conn of this.#slots.conns()) if (conn.fate === 'lifetime' && conn.state !== 'idle') expired++
+    return expired
+  }
 
   counts (): PoolCounts {
     return this.#slots.counts()
@@ -158,7 +168,7 @@ export class Pool implements PgPool {
     }
   }
 
-  async connect (): Promise<PoolClient> {
+  protected async checkout (): Promise<PoolClient> {
     const conn = await this.acquire({ origin: this.#leaks.origin() })
     let released = false
     const guarded = guardClient(conn, () => released ? new PgReleasedError() : undefined, (error) => {
@@ -166,15 +176,15 @@ export class Pool implements PgPool {
       released = true
       if (error) conn.condemn('error')
       guarded.close()
-      this.release(conn)
+      this.release(conn, error === false ? undefined : error)
     }, (statement) => this.wire.admit(conn, statement))
     return guarded.client
   }
 
-  async query<R extends QueryResultRow = any>(textOrConfig: string | PgQueryConfig, values?: unknown[]): Promise<QueryResult<R>> {
+  protected async run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined): Promise<QueryResult<any>> {
     const conn = await this.acquire({ origin: this.#leaks.origin() })
     try {
-      const result = await new Promise<QueryResult<R>>((resolve, reject) => {
+      const result = await new Promise<QueryResult<any>>((resolve, reject) => {
         this.wire.send(conn, textOrConfig, values, this.#clock, (error, res) => error ? reject(error) : resolve(res))
       })
       this.release(conn)
@@ -187,7 +197,7 @@ export class Pool implements PgPool {
       // A statement alone on its checkout: no session state of a request can be missing on a
       // fresh connection, so `retry` needs nothing more than the user's word that it is safe.
       const config = textOrConfig as PgQueryConfig | null
-      if (config?.retry === true) return await this.query<R>({ ...config, retry: false }, values)
+      if (config?.retry === true) return await this.run({ ...config, retry: false }, values)
       throw lostConnectionError(error as Error, commits(textOrConfig))
     }
   }
@@ -203,7 +213,33 @@ export class Pool implements PgPool {
     this.#slots.windDown()
   }
 
-  close (): Promise<void> {
+  protected shutdown (): Promise<void> {
     return this.#slots.close()
   }
+
+  close (): Promise<void> {
+    return this.end()
+  }
+}
+
+/**
+ * pg-pool's `options`: the connection settings with pg-pool's own resolved. The password and the
+ * connection string (which may carry one) are there for libraries that open connections of their
+ * own, and kept out of logs and JSON, as pg-pool keeps the password.
+ */
+function poolOptions (opts: ResolvedOptions): PoolOptions {
+  const options: PoolOptions = {
+    ...opts.client,
+    max: opts.max,
+    min: opts.min,
+    idleTimeoutMillis: Number.isFinite(opts.idleTimeoutMs) ? opts.idleTimeoutMs : 0,
+    connectionTimeoutMillis: opts.connectTimeoutMs,
+    maxUses: opts.maxUses,
+    maxLifetimeSeconds: Number.isFinite(opts.maxLifetimeMs) ? opts.maxLifetimeMs / 1000 : 0,
+    allowExitOnIdle: opts.allowExitOnIdle
+  }
+  for (const key of ['password', 'connectionString'] as const) {
+    if (key in options) Object.defineProperty(options, key, { enumerable: false, value: options[key], writable: true, configurable: true })
+  }
+  return options
 }

@@ -125,7 +125,7 @@ export class RequestHandle implements Runner {
   /** @internal `query()` of `request.db` or of a transaction's `db`. */
   runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[], callback?: unknown): Promise<QueryResult<any>> {
     // pg's callback style would never be called back: refused at once, loudly, nothing checked out.
-    if (typeof values === 'function' || typeof callback === 'function' || typeof text === 'function') throw new PgCallbackError()
+    if (typeof values === 'function' || typeof callback === 'function' || typeof text === 'function') throw new PgCallbackError('request.db.query() takes no callback: await the promise it returns')
     const refusal = this.#refusal(scope)
     if (refusal !== undefined) return this.refuse(refusal)
     return this.run(text, values, undefined)

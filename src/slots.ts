@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import { PgPoolClosedError, PgQueueFullError, withRetryAfter } from './errors.js'
@@ -8,6 +9,7 @@ import { noop } from './deadline.js'
 import { ReturnRate } from './return-rate.js'
 import { WaitQueue, type CheckoutSignal, type Waiter } from './queue.js'
 import type { ResolvedOptions } from './options.js'
+import { tell } from './pool-contract.js'
 
 /**
  * The pool's mechanism: slots (up to `max` connections), the idle stack (last returned is first
@@ -25,7 +27,7 @@ import type { ResolvedOptions } from './options.js'
  * | checking → lent | handed out (with its lease), pinged if it idled long | its session counts as clean; keeps the process alive (`allowExitOnIdle`) |
  * | checking → idle, returning → idle | a checkout was abandoned; a return came out clean | stamped idle, no longer keeps the process alive, pushed on the stack; a waiter is served |
  * | lent → returning | its holder let it go | lease ended; counted in the rate of returns (`Retry-After`); the return policy takes over |
- * | any → closed | failed, unpooled, past `maxUses`, lifetime or `idleTimeoutMillis`, pool closed | leaves stack and set, counted by reason, client ended; a waiter gets the slot |
+ * | any → closed | failed, unpooled, past `maxUses`, lifetime or `idleTimeoutMillis`, pool closed | leaves stack and set, counted by reason (pg-pool's 'remove' event), client ended; a waiter gets the slot |
  *
  * `lent` is running while pg has a statement of it running or queued (`busy()` in pg-internals.ts
  * reads it from pg, the one authority on it). A statement still running when its holder lets go
@@ -71,10 +73,10 @@ export class Slots {
   readonly #closed = new Promise<void>((resolve) => { this.#onClosed = resolve })
   /** How fast connections come back: the basis of `Retry-After`. */
   readonly #returns = new ReturnRate()
-  /** The public pool, named in diagnostics messages. */
-  readonly #owner: object
+  /** The public pool: named in diagnostics messages, and tells pg-pool's events. */
+  readonly #owner: EventEmitter
 
-  constructor (owner: object, opts: ResolvedOptions, log: FastifyBaseLogger, counters: PoolCounters, hooks: SlotHooks) {
+  constructor (owner: EventEmitter, opts: ResolvedOptions, log: FastifyBaseLogger, counters: PoolCounters, hooks: SlotHooks) {
     this.#owner = owner
     this.#opts = opts
     this.#log = log
@@ -244,6 +246,7 @@ export class Slots {
     // (One that never opened is a connect failure, counted as such.)
     if (prev !== 'opening') {
       this.#counters.destroyed[reason]++
+      tell(this.#owner, 'remove', conn.client)
       if (channels.destroy.hasSubscribers) {
         channels.destroy.publish({ pool: this.#owner, reason, ageMs: performance.now() - conn.createdAt, uses: conn.uses })
       }

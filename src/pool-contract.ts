@@ -1,0 +1,102 @@
+import { EventEmitter } from 'node:events'
+import type {
+  Pool as PgPoolClass,
+  PoolClient,
+  PoolOptions,
+  QueryArrayConfig,
+  QueryArrayResult,
+  QueryConfig,
+  QueryConfigValues,
+  QueryResult,
+  QueryResultRow,
+  Submittable
+} from 'pg'
+import { PgCallbackError, PgSubmittableError } from './errors.js'
+import type { PgQueryConfig } from './options.js'
+
+/** pg.Pool's `query()` overloads, with the plugin's `retry` accepted in a config. */
+export interface PoolQuery {
+  /** pg.Pool's signature, kept for type compatibility: a stream or cursor is refused (`FST_PG_SUBMITTABLE`); use `connect()`. */
+  query<T extends Submittable>(queryStream: T): T
+  query<R extends any[] = any[], I = any[]>(config: QueryArrayConfig<I> & { retry?: boolean }, values?: QueryConfigValues<I>): Promise<QueryArrayResult<R>>
+  query<R extends QueryResultRow = any, I = any[]>(config: PgQueryConfig<I>): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = any, I = any[]>(textOrConfig: string | PgQueryConfig<I>, values?: QueryConfigValues<I>): Promise<QueryResult<R>>
+  query<R extends any[] = any[], I = any[]>(config: QueryArrayConfig<I>, callback: (err: Error, result: QueryArrayResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(textOrConfig: string | QueryConfig<I>, callback: (err: Error, result: QueryResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(text: string, values: QueryConfigValues<I>, callback: (err: Error, result: QueryResult<R>) => void): void
+}
+
+type ConnectCallback = (err: Error | undefined, client: PoolClient | undefined, done: (release?: any) => void) => void
+type QueryCallback = (err: Error | undefined, result?: QueryResult<any>) => void
+
+/**
+ * pg.Pool's calling conventions over a pool's own three promise methods (`checkout`, `run`,
+ * `shutdown`): callbacks beside promises, the argument shapes of `query()`, `end()` once for good.
+ * Subclasses are pg.Pools to the type checker and to libraries that take one.
+ *
+ * Callbacks are called from their own tick, as pg-pool calls them: a callback that throws is an
+ * uncaught exception, not a rejected promise nobody awaits.
+ */
+export abstract class PoolContract extends EventEmitter implements PgPoolClass, PoolQuery {
+  abstract readonly totalCount: number
+  abstract readonly idleCount: number
+  abstract readonly waitingCount: number
+  abstract readonly expiredCount: number
+  abstract readonly options: PoolOptions
+  /** `end()` was called. */
+  ending = false
+  /** `end()` has finished. */
+  ended = false
+  #end: Promise<void> | undefined
+
+  /** A client of its own, returned with `release()`. */
+  protected abstract checkout (): Promise<PoolClient>
+  /** One statement (never a submittable, never with a callback). */
+  protected abstract run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined): Promise<QueryResult<any>>
+  /** What `end()` does, once. */
+  protected abstract shutdown (): Promise<void>
+
+  connect (): Promise<PoolClient>
+  connect (callback: ConnectCallback): void
+  connect (callback?: ConnectCallback): Promise<PoolClient> | undefined {
+    if (callback === undefined) return this.checkout()
+    if (typeof callback !== 'function') throw new PgCallbackError('connect() takes a callback function or nothing')
+    this.checkout().then(
+      (client) => process.nextTick(callback, undefined, client, (release?: unknown) => client.release(release as Error | boolean | undefined)),
+      (error: Error) => process.nextTick(callback, error, undefined, () => {})
+    )
+  }
+
+  query (...args: unknown[]): any {
+    const [first, second, third] = args
+    if (typeof (first as Partial<Submittable> | null)?.submit === 'function') throw new PgSubmittableError()
+    // pg-pool's shapes: (text, values?, callback?), (text | config, callback?).
+    const callback = typeof second === 'function' ? second : third
+    const values = typeof second === 'function' ? undefined : second
+    if (typeof first === 'function' || (callback !== undefined && typeof callback !== 'function')) {
+      throw new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)')
+    }
+    const result = this.run(first as string | PgQueryConfig, values as unknown[] | undefined)
+    if (callback === undefined) return result
+    result.then(
+      (res) => process.nextTick(callback as QueryCallback, undefined, res),
+      (error: Error) => process.nextTick(callback as QueryCallback, error)
+    )
+  }
+
+  end (): Promise<void>
+  end (callback: () => void): void
+  end (callback?: (error?: Error) => void): Promise<void> | undefined {
+    if (this.#end === undefined) {
+      this.ending = true
+      this.#end = this.shutdown().then(() => { this.ended = true })
+    }
+    if (callback === undefined) return this.#end
+    this.#end.then(() => process.nextTick(callback), (error: Error) => process.nextTick(callback, error))
+  }
+}
+
+/** Emits one of pg-pool's events, if anybody listens (an 'error' nobody listens to must not throw). */
+export function tell (pool: EventEmitter, event: 'connect' | 'acquire' | 'remove' | 'error' | 'release', ...args: unknown[]): void {
+  if (pool.listenerCount(event) > 0) pool.emit(event, ...args)
+}
