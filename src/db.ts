@@ -1,5 +1,6 @@
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
 import type { PgQueryConfig } from './options.js'
+import type { PgPoolLike } from './pool-contract.js'
 import type { TransactionOptions } from './transaction.js'
 
 /** `request.db`: the request's lazily checked-out connection. */
@@ -25,4 +26,11 @@ export interface RequestDb {
    * with `FST_PG_TRANSACTION_ABORTED` instead of resolving.
    */
   transaction<T>(fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
+  /**
+   * This db as a pg.Pool of one, for libraries that take a pool: `drizzle(request.db.pool)`,
+   * Kysely's `new PostgresDialect({ pool: request.db.pool })`, `new PrismaPg(request.db.pool)`.
+   * Its statements are this db's (same queue, timeout, transactions, fence after the end); its
+   * `connect()` is `connection()`; `release()` and `end()` give nothing back early.
+   */
+  readonly pool: PgPoolLike
 }

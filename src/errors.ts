@@ -1,14 +1,19 @@
-import createError from '@fastify/error'
+import createError, { type FastifyErrorConstructor } from '@fastify/error'
 import { refusedUnsent, saysLost } from './pg-internals.js'
 
 /**
  * Every error this plugin raises has a stable `code`; match on it, never on the message.
  * The 503s carry a `headers` object with `retry-after`, which Fastify's error handler applies
  * to the reply.
+ *
+ * Each error's type is written out with @fastify/error's named `FastifyErrorConstructor`: left to
+ * inference, the declarations spell it `createError.FastifyErrorConstructor`, a namespace the
+ * default import carries only under node16 resolution. Under `moduleResolution: bundler` that
+ * import is the package's `default` value alone, and the .d.ts would not compile (TS2503).
  */
 
 /** An option has the wrong type or range. Thrown by `register`. */
-export const PgInvalidOptionError = createError<'FST_PG_INVALID_OPTION', [string, string, string]>(
+export const PgInvalidOptionError: FastifyErrorConstructor<{ code: 'FST_PG_INVALID_OPTION' }, [string, string, string]> = createError(
   'FST_PG_INVALID_OPTION',
   'Expected `%s` to be %s, got %s',
   500,
@@ -16,35 +21,35 @@ export const PgInvalidOptionError = createError<'FST_PG_INVALID_OPTION', [string
 )
 
 /** No connection could be checked out within `acquireTimeoutMs`. */
-export const PgAcquireTimeoutError = createError<'FST_PG_ACQUIRE_TIMEOUT', 503, [number]>(
+export const PgAcquireTimeoutError: FastifyErrorConstructor<{ code: 'FST_PG_ACQUIRE_TIMEOUT', statusCode: 503 }, [number]> = createError(
   'FST_PG_ACQUIRE_TIMEOUT',
   'No database connection became available within %d ms',
   503
 )
 
 /** The wait queue is full (`maxWaiting`): the checkout fails at once instead of queuing. */
-export const PgQueueFullError = createError<'FST_PG_QUEUE_FULL', 503, [number]>(
+export const PgQueueFullError: FastifyErrorConstructor<{ code: 'FST_PG_QUEUE_FULL', statusCode: 503 }, [number]> = createError(
   'FST_PG_QUEUE_FULL',
   'Too many requests are waiting for a database connection (maxWaiting %d)',
   503
 )
 
 /** The pool is saturated: the request is shed in onRequest, before its handler runs. */
-export const PgSaturatedError = createError<'FST_PG_SATURATED', 503, []>(
+export const PgSaturatedError: FastifyErrorConstructor<{ code: 'FST_PG_SATURATED', statusCode: 503 }, []> = createError(
   'FST_PG_SATURATED',
   'The database connection pool is saturated; try again later',
   503
 )
 
 /** Opening a new connection failed: the database refused it or could not be reached. */
-export const PgUnavailableError = createError<'FST_PG_UNAVAILABLE', 503, [string, { cause: unknown }?]>(
+export const PgUnavailableError: FastifyErrorConstructor<{ code: 'FST_PG_UNAVAILABLE', statusCode: 503 }, [string, { cause: unknown }?]> = createError(
   'FST_PG_UNAVAILABLE',
   'The database is unavailable: %s',
   503
 )
 
 /** The pool is closing (`app.close()`): no new checkouts. */
-export const PgPoolClosedError = createError<'FST_PG_POOL_CLOSED', 503, []>(
+export const PgPoolClosedError: FastifyErrorConstructor<{ code: 'FST_PG_POOL_CLOSED', statusCode: 503 }, []> = createError(
   'FST_PG_POOL_CLOSED',
   'The database pool is closed',
   503
@@ -55,7 +60,7 @@ export const PgPoolClosedError = createError<'FST_PG_POOL_CLOSED', 503, []>(
  * timed out), or the app closed past `closeTimeoutMs`. It did not complete (PostgreSQL rolled
  * it back); trying again is safe.
  */
-export const PgCancelledError = createError<'FST_PG_CANCELLED', 503, [string, { cause: unknown }?]>(
+export const PgCancelledError: FastifyErrorConstructor<{ code: 'FST_PG_CANCELLED', statusCode: 503 }, [string, { cause: unknown }?]> = createError(
   'FST_PG_CANCELLED',
   'The statement was cancelled because %s; it did not complete',
   503
@@ -65,7 +70,7 @@ export const PgCancelledError = createError<'FST_PG_CANCELLED', 503, [string, { 
  * A callback where the API has none, or in the wrong place: `request.db.query()` returns a promise
  * and would never call it. Thrown at once; nothing was checked out or sent.
  */
-export const PgCallbackError = createError<'FST_PG_CALLBACK', 500, [string]>(
+export const PgCallbackError: FastifyErrorConstructor<{ code: 'FST_PG_CALLBACK', statusCode: 500 }, [string]> = createError(
   'FST_PG_CALLBACK',
   '%s (nothing was sent)',
   500
@@ -75,35 +80,35 @@ export const PgCallbackError = createError<'FST_PG_CALLBACK', 500, [string]>(
  * `pool.query()` was given a stream or a cursor (a submittable): the pool would have no moment to
  * take its connection back. Check out a client with `pool.connect()` and pass it to `client.query()`.
  */
-export const PgSubmittableError = createError<'FST_PG_SUBMITTABLE', 500, []>(
+export const PgSubmittableError: FastifyErrorConstructor<{ code: 'FST_PG_SUBMITTABLE', statusCode: 500 }, []> = createError(
   'FST_PG_SUBMITTABLE',
   'pool.query() cannot run a stream or a cursor: pass it to the query() of a client from pool.connect(), and release that client when it ends',
   500
 )
 
 /** `request.db` was used after its request ended; the query was not sent. */
-export const PgRequestEndedError = createError<'FST_PG_REQUEST_ENDED', 500, []>(
+export const PgRequestEndedError: FastifyErrorConstructor<{ code: 'FST_PG_REQUEST_ENDED', statusCode: 500 }, []> = createError(
   'FST_PG_REQUEST_ENDED',
   'request.db was used after the request ended; the query was not sent',
   500
 )
 
 /** A client from `fastify.pg.pool.connect()` was used after its `release()`; the query was not sent. */
-export const PgReleasedError = createError<'FST_PG_RELEASED', 500, []>(
+export const PgReleasedError: FastifyErrorConstructor<{ code: 'FST_PG_RELEASED', statusCode: 500 }, []> = createError(
   'FST_PG_RELEASED',
   'This client was already released; the query was not sent',
   500
 )
 
 /** `request.db` was read before this plugin's `onRequest` hook ran for the request. */
-export const PgNotReadyError = createError<'FST_PG_NOT_READY', 500, []>(
+export const PgNotReadyError: FastifyErrorConstructor<{ code: 'FST_PG_NOT_READY', statusCode: 500 }, []> = createError(
   'FST_PG_NOT_READY',
   'request.db was used before the fastify-pg-pool onRequest hook ran; register the plugin before hooks that query',
   500
 )
 
 /** A client from `fastify.pg.pool.connect()` was released twice. */
-export const PgDoubleReleaseError = createError<'FST_PG_DOUBLE_RELEASE', 500, []>(
+export const PgDoubleReleaseError: FastifyErrorConstructor<{ code: 'FST_PG_DOUBLE_RELEASE', statusCode: 500 }, []> = createError(
   'FST_PG_DOUBLE_RELEASE',
   'release() was called twice for the same checkout',
   500
@@ -114,7 +119,7 @@ export const PgDoubleReleaseError = createError<'FST_PG_DOUBLE_RELEASE', 500, []
  * the session was sent outside a transaction. PgBouncer would leave that state on whichever
  * server connection ran it, for another client to find, or lose it before the next statement.
  */
-export const PgSessionStateError = createError<'FST_PG_SESSION_STATE', 500, []>(
+export const PgSessionStateError: FastifyErrorConstructor<{ code: 'FST_PG_SESSION_STATE', statusCode: 500 }, []> = createError(
   'FST_PG_SESSION_STATE',
   'Behind PgBouncer in transaction mode, session state (SET, SET ROLE, LISTEN, PREPARE, temporary tables, advisory locks) does not last beyond one transaction; the statement was not sent. Run it inside a transaction, with SET LOCAL or set_config(..., true)',
   500
@@ -124,7 +129,7 @@ export const PgSessionStateError = createError<'FST_PG_SESSION_STATE', 500, []>(
  * A transaction (the route's, or `transaction()`'s) could not commit: a statement in it failed
  * and the code went on, so PostgreSQL rolled it back. The reply cannot claim success.
  */
-export const PgTransactionAbortedError = createError<'FST_PG_TRANSACTION_ABORTED', 500, []>(
+export const PgTransactionAbortedError: FastifyErrorConstructor<{ code: 'FST_PG_TRANSACTION_ABORTED', statusCode: 500 }, []> = createError(
   'FST_PG_TRANSACTION_ABORTED',
   'A statement in the transaction failed, so it was rolled back instead of committed',
   500
@@ -135,7 +140,7 @@ export const PgTransactionAbortedError = createError<'FST_PG_TRANSACTION_ABORTED
  * `transaction()` opened through it is still open (its statements belong to the `db` passed to
  * the callback), or the transaction it belongs to has ended. It was not sent.
  */
-export const PgTransactionScopeError = createError<'FST_PG_TRANSACTION_SCOPE', 500, [string]>(
+export const PgTransactionScopeError: FastifyErrorConstructor<{ code: 'FST_PG_TRANSACTION_SCOPE', statusCode: 500 }, [string]> = createError(
   'FST_PG_TRANSACTION_SCOPE',
   '%s; the statement was not sent',
   500
@@ -146,7 +151,7 @@ export const PgTransactionScopeError = createError<'FST_PG_TRANSACTION_SCOPE', 5
  * transaction or `transaction()`): a COMMIT or ROLLBACK of a transaction this code did not begin,
  * `PREPARE TRANSACTION`, `... AND CHAIN`, or control inside a multi-statement string. It was not sent.
  */
-export const PgTransactionControlError = createError<'FST_PG_TRANSACTION_CONTROL', 500, [string]>(
+export const PgTransactionControlError: FastifyErrorConstructor<{ code: 'FST_PG_TRANSACTION_CONTROL', statusCode: 500 }, [string]> = createError(
   'FST_PG_TRANSACTION_CONTROL',
   '`%s` cannot run inside a transaction the plugin manages (the route\'s or transaction()\'s; it ends that one); the statement was not sent',
   500
@@ -157,7 +162,7 @@ export const PgTransactionControlError = createError<'FST_PG_TRANSACTION_CONTROL
  * send (a COMMIT or ROLLBACK inside a multi-statement string) ended it. What ran before that
  * statement may be committed; what ran after it ran outside any transaction.
  */
-export const PgTransactionEndedEarlyError = createError<'FST_PG_TRANSACTION_ENDED_EARLY', 500, []>(
+export const PgTransactionEndedEarlyError: FastifyErrorConstructor<{ code: 'FST_PG_TRANSACTION_ENDED_EARLY', statusCode: 500 }, []> = createError(
   'FST_PG_TRANSACTION_ENDED_EARLY',
   'The transaction was ended by a statement the plugin did not send (a COMMIT or ROLLBACK inside a multi-statement string?): work before it may have been committed, work after it ran outside any transaction',
   500
@@ -168,7 +173,7 @@ export const PgTransactionEndedEarlyError = createError<'FST_PG_TRANSACTION_ENDE
  * may or may not have committed. 500, not 502/503: clients and proxies retry those, and a retry
  * of a write that did commit applies it twice. Make such writes idempotent (see the README).
  */
-export const PgCommitUnknownError = createError<'FST_PG_COMMIT_UNKNOWN', 500, [{ cause: unknown }?]>(
+export const PgCommitUnknownError: FastifyErrorConstructor<{ code: 'FST_PG_COMMIT_UNKNOWN', statusCode: 500 }, [{ cause: unknown }?]> = createError(
   'FST_PG_COMMIT_UNKNOWN',
   'The database connection was lost after COMMIT was sent: the transaction may or may not have committed',
   500
@@ -179,7 +184,7 @@ export const PgCommitUnknownError = createError<'FST_PG_COMMIT_UNKNOWN', 500, [{
  * `Retry-After` when the statement was never sent (nothing ran); 500 when it was sent (it may
  * have run). The original error is the `cause`.
  */
-export const PgConnectionLostError = createError<'FST_PG_CONNECTION_LOST', 500 | 503, [string, { cause: unknown }?]>(
+export const PgConnectionLostError: FastifyErrorConstructor<{ code: 'FST_PG_CONNECTION_LOST', statusCode: 500 | 503 }, [string, { cause: unknown }?]> = createError(
   'FST_PG_CONNECTION_LOST',
   'The database connection was lost %s',
   500

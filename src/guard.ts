@@ -36,7 +36,12 @@ export function guardClient (
   /** Sees every statement before it is sent; returns the one to send, or throws to refuse it. */
   admit: (statement: unknown) => unknown,
   /** Told of every statement refused, and of every COMMIT whose outcome is unknown (to log them). */
-  notify: (error: Error) => void = noop
+  notify: (error: Error) => void = noop,
+  /**
+   * Where a statement (not a cursor or stream: those need the client) goes instead of pg, when
+   * given: it then admits, times and codes it itself (a request's queue).
+   */
+  send?: (statement: unknown, values: unknown) => Promise<unknown>
 ): GuardedClient {
   const { client } = conn
   const cursors: Submittable[] = []
@@ -44,6 +49,14 @@ export function guardClient (
     const first = args[0] as Partial<Submittable> | null | undefined
     const submittable = typeof first?.submit === 'function'
     let error: unknown = refusal()
+    const last = args[args.length - 1]
+    if (error === undefined && send !== undefined && !submittable) {
+      const callback = typeof last === 'function' ? last as (e: unknown, r?: unknown) => void : undefined
+      const sent = send(first, callback === undefined || args.length > 2 ? args[1] : undefined)
+      if (callback === undefined) return sent
+      sent.then((result) => callback(null, result), (e: unknown) => callback(e))
+      return undefined
+    }
     if (error === undefined) {
       try {
         args[0] = admit(first)
@@ -51,7 +64,6 @@ export function guardClient (
         error = refused
       }
     }
-    const last = args[args.length - 1]
     if (error === undefined) {
       if (submittable) {
         cursors.push(first as Submittable)

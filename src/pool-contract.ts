@@ -1,15 +1,15 @@
-import { EventEmitter } from 'node:events'
-import type {
-  Pool as PgPoolClass,
-  PoolClient,
-  PoolOptions,
-  QueryArrayConfig,
-  QueryArrayResult,
-  QueryConfig,
-  QueryConfigValues,
-  QueryResult,
-  QueryResultRow,
-  Submittable
+import type { EventEmitter } from 'node:events'
+import pg, {
+  type Pool as PgPoolClass,
+  type PoolClient,
+  type PoolOptions,
+  type QueryArrayConfig,
+  type QueryArrayResult,
+  type QueryConfig,
+  type QueryConfigValues,
+  type QueryResult,
+  type QueryResultRow,
+  type Submittable
 } from 'pg'
 import { PgCallbackError, PgSubmittableError } from './errors.js'
 import type { PgQueryConfig } from './options.js'
@@ -26,27 +26,33 @@ export interface PoolQuery {
   query<R extends QueryResultRow = any, I = any[]>(text: string, values: QueryConfigValues<I>, callback: (err: Error, result: QueryResult<R>) => void): void
 }
 
+/** A pg.Pool, as the libraries that take one see it (`request.db.pool`, and `fastify.pg.pool` beyond it). */
+export interface PgPoolLike extends Omit<PgPoolClass, 'query'>, PoolQuery {}
+
 type ConnectCallback = (err: Error | undefined, client: PoolClient | undefined, done: (release?: any) => void) => void
 type QueryCallback = (err: Error | undefined, result?: QueryResult<any>) => void
 
 /**
  * pg.Pool's calling conventions over a pool's own three promise methods (`checkout`, `run`,
  * `shutdown`): callbacks beside promises, the argument shapes of `query()`, `end()` once for good.
- * Subclasses are pg.Pools to the type checker and to libraries that take one.
+ *
+ * Subclasses are pg.Pools to the type checker and to `instanceof` (Prisma's adapter takes any
+ * other object for a config and opens a pool of its own): pg-pool's constructor runs, and
+ * leaves nothing but empty lists; every public member is overridden here or in the subclass.
  *
  * Callbacks are called from their own tick, as pg-pool calls them: a callback that throws is an
  * uncaught exception, not a rejected promise nobody awaits.
  */
-export abstract class PoolContract extends EventEmitter implements PgPoolClass, PoolQuery {
-  abstract readonly totalCount: number
-  abstract readonly idleCount: number
-  abstract readonly waitingCount: number
-  abstract readonly expiredCount: number
-  abstract readonly options: PoolOptions
+export abstract class PoolContract extends pg.Pool implements PgPoolLike {
+  abstract override readonly totalCount: number
+  abstract override readonly idleCount: number
+  abstract override readonly waitingCount: number
+  abstract override readonly expiredCount: number
+  abstract override readonly options: PoolOptions
   /** `end()` was called. */
-  ending = false
+  override ending = false
   /** `end()` has finished. */
-  ended = false
+  override ended = false
   #end: Promise<void> | undefined
 
   /** A client of its own, returned with `release()`. */
@@ -56,9 +62,9 @@ export abstract class PoolContract extends EventEmitter implements PgPoolClass, 
   /** What `end()` does, once. */
   protected abstract shutdown (): Promise<void>
 
-  connect (): Promise<PoolClient>
-  connect (callback: ConnectCallback): void
-  connect (callback?: ConnectCallback): Promise<PoolClient> | undefined {
+  override connect (): Promise<PoolClient>
+  override connect (callback: ConnectCallback): void
+  override connect (callback?: ConnectCallback): Promise<PoolClient> | undefined {
     if (callback === undefined) return this.checkout()
     if (typeof callback !== 'function') throw new PgCallbackError('connect() takes a callback function or nothing')
     this.checkout().then(
@@ -67,7 +73,7 @@ export abstract class PoolContract extends EventEmitter implements PgPoolClass, 
     )
   }
 
-  query (...args: unknown[]): any {
+  override query (...args: unknown[]): any {
     const [first, second, third] = args
     if (typeof (first as Partial<Submittable> | null)?.submit === 'function') throw new PgSubmittableError()
     // pg-pool's shapes: (text, values?, callback?), (text | config, callback?).
@@ -84,9 +90,9 @@ export abstract class PoolContract extends EventEmitter implements PgPoolClass, 
     )
   }
 
-  end (): Promise<void>
-  end (callback: () => void): void
-  end (callback?: (error?: Error) => void): Promise<void> | undefined {
+  override end (): Promise<void>
+  override end (callback: () => void): void
+  override end (callback?: (error?: Error) => void): Promise<void> | undefined {
     if (this.#end === undefined) {
       this.ending = true
       this.#end = this.shutdown().then(() => { this.ended = true })

@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Pool as PgPoolClass, PoolClient, PoolOptions, QueryResult } from 'pg'
+import type { PoolClient, PoolOptions, QueryResult } from 'pg'
 import { PgDoubleReleaseError, PgReleasedError, isConnectionError, lostConnectionError, noAnswerError } from './errors.js'
 import { Checkin } from './checkin.js'
 import { Checkout, type AcquireOptions } from './checkout.js'
@@ -11,7 +11,7 @@ import { channels, newCounters, WINDOW_MS, type PoolCounters, type Summary } fro
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 import { Slots, type PoolCounts } from './slots.js'
 import { Wire } from './send.js'
-import { PoolContract, type PoolQuery } from './pool-contract.js'
+import { PoolContract, type PgPoolLike } from './pool-contract.js'
 import { busy, isReadTimeout } from './pg-internals.js'
 import { commits } from './transaction.js'
 
@@ -32,7 +32,7 @@ export interface PoolStats extends PoolCounts, PoolCounters {
  * (its events, `connect()`, `query()` and `end()`, promise or callback; see the README for where
  * it deliberately differs from pg-pool).
  */
-export interface PgPool extends Omit<PgPoolClass, 'query'>, PoolQuery {
+export interface PgPool extends PgPoolLike {
   /**
    * Checks out a client for work outside a request (migrations, jobs). Call `release()` once
    * when done; `release(err)` destroys it instead. A second call throws FST_PG_DOUBLE_RELEASE.

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { PoolClient, QueryResult } from 'pg'
+import type { PoolClient, PoolOptions, QueryResult } from 'pg'
 import {
   PgCallbackError,
   PgCancelledError,
@@ -23,6 +23,7 @@ import type { RouteSettings } from './route.js'
 import type { Clock } from './send.js'
 import { noop } from './deadline.js'
 import { busy, isReadTimeout } from './pg-internals.js'
+import { RequestPool } from './request-pool.js'
 import { Transactions, type Plan, type Runner } from './request-tx.js'
 import { commits, type Frames, type Step, type TransactionOptions } from './transaction.js'
 
@@ -97,6 +98,8 @@ export class RequestHandle implements Runner {
   #origin: Error | undefined
   /** Which statements carry the statement timeout, when one travels with them (see send.ts). */
   readonly #clock: Clock | undefined
+  /** `pool`, made on first use. */
+  #view: RequestPool | undefined
 
   constructor (pool: Pool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings) {
     this.#pool = pool
@@ -121,6 +124,13 @@ export class RequestHandle implements Runner {
   connection (): Promise<PoolClient> {
     return this.connectionIn(this)
   }
+
+  get pool (): RequestPool {
+    return (this.#view ??= new RequestPool(this, this.#pool.options))
+  }
+
+  /** @internal */
+  get poolOptions (): PoolOptions { return this.#pool.options }
 
   /** @internal `query()` of `request.db` or of a transaction's `db`. */
   runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[], callback?: unknown): Promise<QueryResult<any>> {
@@ -229,7 +239,10 @@ export class RequestHandle implements Runner {
         const step = frames !== undefined && frames.size > 0 ? frames.translate(statement, conn.client.getTransactionStatus()) : undefined
         return this.#pool.wire.admit(conn, step === undefined ? statement : step.statement)
       },
-      (error) => this.#warn(error)
+      (error) => this.#warn(error),
+      // Its statements join the request's queue, in call order with request.db's, with the
+      // route's timeout and the plugin's translation: an ORM on this client keeps every guarantee.
+      (statement, values) => this.runIn(scope, statement as string | PgQueryConfig, values as unknown[] | undefined)
     )
     this.#clients?.set(scope, guarded)
     return guarded

@@ -1,8 +1,9 @@
-import type { PoolClient, QueryResult } from 'pg'
+import type { PoolClient, PoolOptions, QueryResult } from 'pg'
 import type { RequestDb } from './db.js'
 import { PgRequestEndedError, PgTransactionEndedEarlyError, PgTransactionScopeError } from './errors.js'
 import { noop } from './deadline.js'
 import type { PgQueryConfig } from './options.js'
+import { RequestPool } from './request-pool.js'
 import { checkTransactionOptions, Frames, type Frame, type Step, type TransactionOptions } from './transaction.js'
 
 /** What the plugin sends for its own transaction control, decided when it is sent (from the status it meets). */
@@ -21,6 +22,8 @@ export interface Runner extends RequestDb {
   runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[], callback?: unknown): Promise<QueryResult<any>>
   transactionIn<T> (scope: RequestDb, fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
   connectionIn (scope: RequestDb): Promise<PoolClient>
+  /** The app pool's `options`, for the pg.Pool views of the request's dbs. */
+  readonly poolOptions: PoolOptions
 }
 
 /** The `db` a `transaction()` callback gets: the request's connection, inside that transaction. */
@@ -28,6 +31,7 @@ class TransactionDb implements RequestDb {
   readonly #runner: Runner
   /** Its transaction has ended (or one around it has). */
   over = false
+  #pool: RequestPool | undefined
 
   constructor (runner: Runner) {
     this.#runner = runner
@@ -43,6 +47,10 @@ class TransactionDb implements RequestDb {
 
   connection (): Promise<PoolClient> {
     return this.#runner.connectionIn(this)
+  }
+
+  get pool (): RequestPool {
+    return (this.#pool ??= new RequestPool(this, this.#runner.poolOptions))
   }
 }
 

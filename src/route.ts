@@ -50,6 +50,8 @@ const isObject = (v: unknown): v is Record<string, unknown> =>
 /** A route option's value as written (route config holds no secrets): JSON where it can be. */
 function show (value: unknown): string {
   if (typeof value === 'bigint') return `${value}n`
+  // (A function's source reads differently from one build of it to another.)
+  if (typeof value === 'function') return 'a function'
   try {
     const json = JSON.stringify(value)
     if (json !== undefined) return json

@@ -192,7 +192,7 @@ t.test('invalid route config fails when the route is added, with a coded error',
   t.throws(() => app.get('/c', { config: { pgPool: { transaction: { readOnly: 'yes' as never } } } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /readOnly/ })
   t.throws(() => app.get('/d', { config: { pgPool: { shedding: 'no' as never } } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /shedding/ })
   t.throws(() => app.get('/e', { config: { pgPool: 'on' as never } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool`/ })
-  t.throws(() => app.get('/e1', { config: { pgPool: { transaction: (() => true) as never } } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /got \(\) => true/ })
+  t.throws(() => app.get('/e1', { config: { pgPool: { transaction: (() => true) as never } } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /got a function/ })
   t.throws(() => app.get('/e2', { config: { pgPool: null as never } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /`config\.pgPool`.*null/ })
   t.throws(() => app.get('/f', { config: { pgPool: { statementTimeoutMs: -1 } } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /statementTimeoutMs/ })
   app.get('/g', { config: { pgPool: { transaction: false, shedding: true } } }, async (req) => (await req.db.query('select 1 as x')).rows[0])
