@@ -10,6 +10,8 @@ import { refusedUnsent, saysLost } from './pg-internals.js'
  * inference, the declarations spell it `createError.FastifyErrorConstructor`, a namespace the
  * default import carries only under node16 resolution. Under `moduleResolution: bundler` that
  * import is the package's `default` value alone, and the .d.ts would not compile (TS2503).
+ * Optional arguments say `| undefined`, as the inferred types did: under
+ * `exactOptionalPropertyTypes` a bare `T?` would turn an explicit `undefined` away.
  */
 
 /** An option has the wrong type or range. Thrown by `register`. */
@@ -42,7 +44,7 @@ export const PgSaturatedError: FastifyErrorConstructor<{ code: 'FST_PG_SATURATED
 )
 
 /** Opening a new connection failed: the database refused it or could not be reached. */
-export const PgUnavailableError: FastifyErrorConstructor<{ code: 'FST_PG_UNAVAILABLE', statusCode: 503 }, [string, { cause: unknown }?]> = createError(
+export const PgUnavailableError: FastifyErrorConstructor<{ code: 'FST_PG_UNAVAILABLE', statusCode: 503 }, [string, ({ cause: unknown } | undefined)?]> = createError(
   'FST_PG_UNAVAILABLE',
   'The database is unavailable: %s',
   503
@@ -60,7 +62,7 @@ export const PgPoolClosedError: FastifyErrorConstructor<{ code: 'FST_PG_POOL_CLO
  * timed out), or the app closed past `closeTimeoutMs`. It did not complete (PostgreSQL rolled
  * it back); trying again is safe.
  */
-export const PgCancelledError: FastifyErrorConstructor<{ code: 'FST_PG_CANCELLED', statusCode: 503 }, [string, { cause: unknown }?]> = createError(
+export const PgCancelledError: FastifyErrorConstructor<{ code: 'FST_PG_CANCELLED', statusCode: 503 }, [string, ({ cause: unknown } | undefined)?]> = createError(
   'FST_PG_CANCELLED',
   'The statement was cancelled because %s; it did not complete',
   503
@@ -73,6 +75,16 @@ export const PgCancelledError: FastifyErrorConstructor<{ code: 'FST_PG_CANCELLED
 export const PgCallbackError: FastifyErrorConstructor<{ code: 'FST_PG_CALLBACK', statusCode: 500 }, [string]> = createError(
   'FST_PG_CALLBACK',
   '%s (nothing was sent)',
+  500
+)
+
+/**
+ * The plugin was registered where `fastify.pg` already exists (registered twice, or after
+ * @fastify/postgres): the second pool would replace or shadow the first.
+ */
+export const PgAlreadyRegisteredError = createError<'FST_PG_ALREADY_REGISTERED', 500, []>(
+  'FST_PG_ALREADY_REGISTERED',
+  'fastify.pg already exists here: fastify-pg-pool (or @fastify/postgres) was registered before in this app or a parent context. Register fastify-pg-pool once, and remove @fastify/postgres if it is there',
   500
 )
 
@@ -173,7 +185,7 @@ export const PgTransactionEndedEarlyError: FastifyErrorConstructor<{ code: 'FST_
  * may or may not have committed. 500, not 502/503: clients and proxies retry those, and a retry
  * of a write that did commit applies it twice. Make such writes idempotent (see the README).
  */
-export const PgCommitUnknownError: FastifyErrorConstructor<{ code: 'FST_PG_COMMIT_UNKNOWN', statusCode: 500 }, [{ cause: unknown }?]> = createError(
+export const PgCommitUnknownError: FastifyErrorConstructor<{ code: 'FST_PG_COMMIT_UNKNOWN', statusCode: 500 }, [({ cause: unknown } | undefined)?]> = createError(
   'FST_PG_COMMIT_UNKNOWN',
   'The database connection was lost after COMMIT was sent: the transaction may or may not have committed',
   500
@@ -184,7 +196,7 @@ export const PgCommitUnknownError: FastifyErrorConstructor<{ code: 'FST_PG_COMMI
  * `Retry-After` when the statement was never sent (nothing ran); 500 when it was sent (it may
  * have run). The original error is the `cause`.
  */
-export const PgConnectionLostError: FastifyErrorConstructor<{ code: 'FST_PG_CONNECTION_LOST', statusCode: 500 | 503 }, [string, { cause: unknown }?]> = createError(
+export const PgConnectionLostError: FastifyErrorConstructor<{ code: 'FST_PG_CONNECTION_LOST', statusCode: 500 | 503 }, [string, ({ cause: unknown } | undefined)?]> = createError(
   'FST_PG_CONNECTION_LOST',
   'The database connection was lost %s',
   500

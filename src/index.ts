@@ -1,16 +1,19 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest, onSendHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
-import { PgInvalidOptionError, PgNotReadyError } from './errors.js'
+import { PgAlreadyRegisteredError, PgInvalidOptionError, PgNotReadyError } from './errors.js'
 import { resolveOptions, type PgPoolOptions } from './options.js'
 import { Pool, type PgPool, type PoolStats } from './pool.js'
 import { createPressure, registerPressure, type Pressure } from './pressure.js'
 import type { RequestDb } from './db.js'
 import { RequestHandle } from './request-db.js'
+import { transactionOutside } from './outside.js'
+import type { TransactionOptions } from './transaction.js'
 import { routeSettings, setupRoute, type PgRouteConfig } from './route.js'
 
 export {
   PgAcquireTimeoutError,
+  PgAlreadyRegisteredError,
   PgCallbackError,
   PgCancelledError,
   PgCommitUnknownError,
@@ -46,6 +49,15 @@ export interface PgDecorator extends Pressure {
   readonly pool: PgPool
   /** One statement on a connection checked out for it alone (outside a request). */
   readonly query: PgPool['query']
+  /** `pool.connect()`: a client for work outside a request, returned with `release()`. */
+  readonly connect: PgPool['connect']
+  /**
+   * Runs `fn` in a transaction outside a request (a job, a script): BEGIN on the first statement,
+   * COMMIT when `fn` resolves, ROLLBACK when it throws; `fn` gets a `db` like `request.db`
+   * (nested `transaction()` calls and an ORM on `db.pool` make savepoints), refused once `fn`
+   * has settled; the connection goes back then.
+   */
+  transaction<T>(fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
   /**
    * Connections and checkouts now, counters since start, and wait and hold times (p50, p90, p99,
    * max) over the last minute. JSON-serialisable, never holds a secret.
@@ -76,6 +88,8 @@ interface Internals {
 }
 
 const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
+  // Before anything else (under-pressure would be registered twice, and blamed).
+  if (fastify.hasDecorator('pg')) throw new PgAlreadyRegisteredError()
   const options = resolveOptions(opts, pg.Client)
   if (options.underPressure !== false && fastify.hasDecorator('isUnderPressure')) {
     throw new PgInvalidOptionError(
@@ -92,6 +106,8 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
   fastify.decorate('pg', {
     pool,
     query: pool.query.bind(pool),
+    connect: pool.connect.bind(pool) as PgPool['connect'],
+    transaction: (fn, options) => transactionOutside(pool, fastify.log, fn, options),
     stats: () => pool.stats(),
     healthCheck: pressure.healthCheck,
     pressureHandler: pressure.pressureHandler

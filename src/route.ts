@@ -64,9 +64,15 @@ function show (value: unknown): string {
  * a request), and gives a transactional route the hook that ends its transaction.
  */
 export function setupRoute (route: RouteOptions, endTransaction: NonNullable<RouteOptions['onSend']>): void {
+  const where = `(route ${route.method.toString()} ${route.url})`
+  // @fastify/postgres's route option would be ignored: the handler would run without the
+  // transaction its author asked for.
+  const foreign = (route as { pg?: unknown }).pg
+  if (foreign !== undefined) {
+    throw new PgInvalidOptionError('pg', `unset: it is @fastify/postgres's route option; here a route runs in a transaction with \`config: { pgPool: { transaction: true } }\` ${where}`, show(foreign))
+  }
   const config = (route.config as { pgPool?: unknown } | undefined)?.pgPool
   if (config === undefined) return
-  const where = `(route ${route.method.toString()} ${route.url})`
   const fail = (name: string, expected: string, value: unknown): never => {
     throw new PgInvalidOptionError(`config.pgPool${name}`, `${expected} ${where}`, show(value))
   }
