@@ -2,7 +2,7 @@ import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Conn, Lease } from './conn.js'
-import { noop, roundTrip } from './deadline.js'
+import { noop, roundTrip, withTimeout } from './deadline.js'
 import { channels, WindowHistogram, type PoolCounters } from './metrics.js'
 import type { ResolvedOptions } from './options.js'
 import { busy, cancelRequest } from './pg-internals.js'
@@ -19,7 +19,7 @@ import { tell } from './pool-contract.js'
  * 2. failed (`conn.fate`), or pooling is off → closed (closing ends its transaction and its
  *    session: nothing to clean);
  * 3. a transaction open or failed → ROLLBACK;
- * 4. session state left (`sessionReset`) → DISCARD ALL;
+ * 4. session state left (`sessionReset`) → DISCARD ALL, then `onConnect` again;
  * 5. after a cancel, if neither ran: one empty round trip (a late cancel lands on it, not on
  *    the next holder's statement);
  * 6. back to the pool (`Slots.putBack`: idle, or closed past `maxUses` or its lifetime).
@@ -75,11 +75,22 @@ export class Checkin {
     this.#slots.putBack(conn)
   }
 
-  /** One statement on the way back, bounded by `pingTimeoutMs`. */
+  /**
+   * One statement on the way back, bounded by `pingTimeoutMs`. After DISCARD ALL the session is
+   * as new: `onConnect` runs again, so what it set (a search_path, a LISTEN) holds for every holder.
+   */
   #step (conn: Conn, sql: 'ROLLBACK' | 'DISCARD ALL' | ''): void {
-    roundTrip(conn.client, sql, this.#opts.pingTimeoutMs).then(
+    const { onConnect, pingTimeoutMs } = this.#opts
+    let step = roundTrip(conn.client, sql, pingTimeoutMs)
+    if (sql === 'DISCARD ALL') {
+      step = step.then(() => {
+        // (Before onConnect: what it prepares again must be known to pg as prepared.)
+        conn.sessionReset()
+        if (onConnect !== undefined) return withTimeout(onConnect(conn.client), pingTimeoutMs)
+      })
+    }
+    step.then(
       () => {
-        if (sql === 'DISCARD ALL') conn.sessionReset()
         // (A late cancel would have landed on this round trip: none can reach the next holder.)
         conn.cancelled = false
         this.#next(conn)

@@ -106,3 +106,24 @@ t.test('a reset that cannot complete destroys the connection', async (t) => {
   await until(() => app.pg.stats().total === 0, 'the connection is destroyed, not pooled')
   t.same((await app.pg.query('select 1 as n')).rows, [{ n: 1 }], 'a new connection serves')
 })
+
+t.test("what onConnect set survives a reset: it runs again after DISCARD ALL (a 'connect' listener's settings would not)", async (t) => {
+  let calls = 0
+  const app = await buildApp(t, db, {
+    max: 1,
+    onConnect: async (client) => {
+      calls++
+      await client.query('set search_path = elsewhere, public')
+      // Prepared again after each reset: pg must not believe it still exists on the server.
+      await client.query({ name: 'on-connect-probe', text: 'select 1 as one' })
+    }
+  })
+  app.get('/dirty', async (req) => (await req.db.query("select set_config('app.tenant_id', '42', false) as v")).rows[0])
+  app.get('/probe', async (req) => (await req.db.query("select current_setting('search_path') as path, coalesce(current_setting('app.tenant_id', true), '') as tenant")).rows[0])
+  await app.inject('/dirty')
+  t.same((await app.inject('/probe')).json(), { path: 'elsewhere, public', tenant: '' }, "the request's state is gone, onConnect's is back")
+  t.equal(calls, 2, 'once when opened, once after the reset')
+  await app.inject('/dirty')
+  t.equal(app.pg.stats().destroyed.error, 0, 'its named statement was prepared again without a clash')
+  await assertReturned(t, app, db)
+})
