@@ -82,7 +82,7 @@ export const PgCallbackError: FastifyErrorConstructor<{ code: 'FST_PG_CALLBACK',
  * The plugin was registered where `fastify.pg` already exists (registered twice, or after
  * @fastify/postgres): the second pool would replace or shadow the first.
  */
-export const PgAlreadyRegisteredError = createError<'FST_PG_ALREADY_REGISTERED', 500, []>(
+export const PgAlreadyRegisteredError: FastifyErrorConstructor<{ code: 'FST_PG_ALREADY_REGISTERED', statusCode: 500 }, []> = createError(
   'FST_PG_ALREADY_REGISTERED',
   'fastify.pg already exists here: fastify-pg-pool (or @fastify/postgres) was registered before in this app or a parent context. Register fastify-pg-pool once, and remove @fastify/postgres if it is there',
   500
