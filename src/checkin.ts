@@ -1,11 +1,12 @@
 import type { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
+import type { Client } from 'pg'
 import type { Conn, Lease } from './conn.js'
 import { noop, roundTrip, withTimeout } from './deadline.js'
 import { channels, WindowHistogram, type PoolCounters } from './metrics.js'
 import type { ResolvedOptions } from './options.js'
-import { busy, cancelRequest } from './pg-internals.js'
+import { busy, cancelRequest, settling } from './pg-internals.js'
 import type { Slots } from './slots.js'
 import { tell } from './pool-contract.js'
 
@@ -15,7 +16,8 @@ import { tell } from './pool-contract.js'
  *
  * 1. a statement still running (its holder left: an aborted request, a released client) →
  *    cancelled (CancelRequest); if it has not stopped within `cancelGraceMs` (a blackholed
- *    socket, a backend that does not answer) → closed;
+ *    socket, a backend that does not answer) → closed; one that failed, whose ReadyForQuery is
+ *    still to come → waited for (`pingTimeoutMs`), not cancelled;
  * 2. failed (`conn.fate`), or pooling is off → closed (closing ends its transaction and its
  *    session: nothing to clean);
  * 3. a transaction open or failed → ROLLBACK;
@@ -63,7 +65,9 @@ export class Checkin {
   #next (conn: Conn): void {
     if (conn.state !== 'returning') return // closed meanwhile (the pool closed)
     if (busy(conn.client) && !conn.dead && !conn.cancelled) {
-      this.cancel(conn).then((settled) => settled ? this.#next(conn) : this.#slots.move(conn, 'closed', 'stuck'), noop)
+      // A statement that failed just now has nothing left to cancel: its ReadyForQuery is on the way.
+      const settled = settling(conn.client) ? drained(conn.client, this.#opts.pingTimeoutMs) : this.cancel(conn)
+      settled.then((ok) => ok ? this.#next(conn) : this.#slots.move(conn, 'closed', 'stuck'), noop)
       return
     }
     if (conn.fate === 'error') return this.#slots.move(conn, 'closed', 'error')
@@ -141,4 +145,20 @@ export class Checkin {
       cancelRequest(client, this.#opts.client.stream, grace).then(arrived, (error: unknown) => finish(false, error))
     })
   }
+}
+
+/** Resolves true when pg has settled everything it was handed ('drain', or the client ended), false after `ms`. */
+async function drained (client: Client, ms: number): Promise<boolean> {
+  return await new Promise((resolve) => {
+    const done = (ok: boolean): void => {
+      clearTimeout(timer)
+      client.off('drain', settle)
+      client.off('end', settle)
+      resolve(ok)
+    }
+    const settle = (): void => done(true)
+    const timer = setTimeout(() => done(false), ms)
+    client.on('drain', settle)
+    client.on('end', settle)
+  })
 }

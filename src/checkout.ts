@@ -95,11 +95,15 @@ export class Checkout {
     }
   }
 
-  /** A checkout whose caller left, or whose pool closed, puts its connection back and fails. */
+  /**
+   * A checkout whose caller left, or whose pool has shut, puts its connection back and fails. One
+   * that got its connection while the pool was closing goes on (pg-pool's `end()` lets queries
+   * already under way finish): the pool waits for it as for any connection out.
+   */
   #stillWanted (conn: Conn, signal: CheckoutSignal | undefined): void {
-    if (signal?.aborted !== true && this.slots.serving) return
+    if (signal?.aborted !== true && !this.slots.shut) return
     this.slots.putBack(conn)
-    throw this.slots.serving ? signal?.reason : this.slots.closedError()
+    throw this.slots.shut ? this.slots.closedError() : signal?.reason
   }
 
   timeoutError (log: FastifyBaseLogger): Error {

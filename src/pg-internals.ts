@@ -69,6 +69,15 @@ export function busy (client: Client): boolean {
 }
 
 /**
+ * Busy, but nothing runs: a statement failed (pg has called back) and only its ReadyForQuery is
+ * still to come. Nothing to cancel; 'drain' comes with it.
+ */
+export function settling (client: Client): boolean {
+  const c = internals(client)
+  return !c.readyForQuery && c._activeQuery == null && c._queryQueue.length === 0 && c._sentQueryQueue.length === 0
+}
+
+/**
  * Closes a client still connecting, at once: its `connect()` rejects. (`end()` would half-close
  * and leave it connecting until its connect timeout, and stop pg from ever settling it.)
  */

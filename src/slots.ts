@@ -100,6 +100,8 @@ export class Slots {
 
   /** Checkouts are served (the pool is open, or winding down): read on every checkout, so a field. */
   serving = true
+  /** Closed for good: what is still open is being closed. */
+  get shut (): boolean { return this.#life === 'closed' }
   /** Every connection, in the order they were opened. */
   conns (): IterableIterator<Conn> { return this.#all.values() }
 
