@@ -130,7 +130,8 @@ export class Checkout {
     client.on('error', lost)
     client.on('end', () => lost())
     try {
-      await client.connect()
+      // In pg-pool's style (a callback): a `Client` of the user's may have no promise form.
+      await new Promise<void>((resolve, reject) => client.connect((error: Error | null) => error ? reject(error) : resolve()))
       // The user's hook is bounded by the checkout deadline too.
       if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now())
       this.slots.move(conn, 'checking')

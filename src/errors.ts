@@ -25,7 +25,7 @@ export const PgInvalidOptionError: FastifyErrorConstructor<{ code: 'FST_PG_INVAL
 /** No connection could be checked out within `acquireTimeoutMs`. */
 export const PgAcquireTimeoutError: FastifyErrorConstructor<{ code: 'FST_PG_ACQUIRE_TIMEOUT', statusCode: 503 }, [number]> = createError(
   'FST_PG_ACQUIRE_TIMEOUT',
-  'No database connection became available within %d ms',
+  'No database connection became available within %d ms (acquire timeout)',
   503
 )
 

@@ -37,6 +37,7 @@ export {
 } from './errors.js'
 export type { PgPoolOptions, PgPoolPluginOptions, PgQueryConfig } from './options.js'
 export type { PgPool, PoolCounts, PoolStats } from './pool.js'
+export type { PgPoolLike } from './pool-contract.js'
 export type { PoolCounters, Summary } from './metrics.js'
 export type { Pressure } from './pressure.js'
 export type { PgRouteConfig } from './route.js'

@@ -50,7 +50,7 @@ interface ClientInternals {
   _activeQuery: unknown
   _queryQueue: unknown[]
   _sentQueryQueue: unknown[]
-  connection: Connection & { stream: { destroy (error?: Error): void } }
+  connection: Connection & { stream: { destroy (error?: Error): void, listenerCount (event: string): number } }
   ref (): void
   unref (): void
 }
@@ -82,7 +82,11 @@ export function settling (client: Client): boolean {
  * and leave it connecting until its connect timeout, and stop pg from ever settling it.)
  */
 export function destroySocket (client: Client): void {
-  internals(client).connection.stream.destroy(new Error('closed while connecting: the pool closed or the checkout gave up'))
+  const { stream } = internals(client).connection
+  // A socket pg never started on (a `Client` whose connect failed before pg's) has nobody to
+  // hear an error: it is destroyed without one.
+  if (stream.listenerCount('error') === 0) stream.destroy()
+  else stream.destroy(new Error('closed while connecting: the pool closed or the checkout gave up'))
 }
 
 /** After DISCARD ALL: the server dropped the session's prepared statements; pg must forget them too. */

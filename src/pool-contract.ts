@@ -79,7 +79,12 @@ export abstract class PoolContract extends pg.Pool implements PgPoolLike {
     // pg-pool's shapes: (text, values?, callback?), (text | config, callback?).
     const callback = typeof second === 'function' ? second : third
     const values = typeof second === 'function' ? undefined : second
-    if (typeof first === 'function' || (callback !== undefined && typeof callback !== 'function')) {
+    // A function in the statement's place is called back with the error, as pg-pool does.
+    if (typeof first === 'function') {
+      process.nextTick(first as QueryCallback, new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)'))
+      return
+    }
+    if (callback !== undefined && typeof callback !== 'function') {
       throw new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)')
     }
     const result = this.run(first as string | PgQueryConfig, values as unknown[] | undefined)

@@ -4,7 +4,7 @@
  * style of `connect()` and `query()`, on a real server.
  */
 import t from 'tap'
-import type { PoolClient, QueryResult } from 'pg'
+import pg, { type PoolClient, type QueryResult } from 'pg'
 import { buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { until } from './helpers/util.js'
@@ -110,10 +110,11 @@ t.test("query(text, values, cb), query(text, cb), query(config, cb): pg-pool's c
   t.equal(app.pg.stats().active, 0, 'nothing left checked out')
 })
 
-t.test('a callback that is not last, or a function as the statement: FST_PG_CALLBACK at once', async (t) => {
+t.test('a callback that is not last, or a function as the statement: FST_PG_CALLBACK', async (t) => {
   const app = await buildApp(t, db)
   const query = app.pg.pool.query as (...a: unknown[]) => unknown
-  t.throws(() => query.call(app.pg.pool, () => {}), { code: 'FST_PG_CALLBACK' })
+  const calledBack = await new Promise((resolve) => query.call(app.pg.pool, resolve))
+  t.match(calledBack, { code: 'FST_PG_CALLBACK' }, 'a function in the statement\'s place is called back with the error, as pg-pool does')
   t.throws(() => query.call(app.pg.pool, 'select 1', [], 'not a function'), { code: 'FST_PG_CALLBACK' })
   t.throws(() => (app.pg.pool.connect as (cb: unknown) => unknown)('nope'), { code: 'FST_PG_CALLBACK' })
   t.equal(app.pg.stats().acquires, 0, 'nothing checked out')
@@ -183,4 +184,21 @@ t.test('expiredCount: connections past their lifetime still checked out', async 
   client.release()
   await until(() => app.pg.pool.totalCount === 0, 'closed when it came back')
   t.equal(app.pg.pool.expiredCount, 0)
+})
+
+t.test("a Client class whose connect() only calls back (pg-pool's way of calling it) connects, and its failure is heard", async (t) => {
+  let fail = false
+  class CallbackOnly extends pg.Client {
+    override connect (callback?: any): any {
+      if (typeof callback !== 'function') throw new Error('this client takes a callback')
+      if (fail) return process.nextTick(callback, new Error('connect refused by the test'))
+      super.connect(callback)
+    }
+  }
+  const app = await buildApp(t, db, { Client: CallbackOnly })
+  t.equal((await app.pg.query('select 1 as n')).rows[0].n, 1)
+  fail = true
+  await app.pg.pool.end()
+  const again = await buildApp(t, db, { Client: CallbackOnly })
+  await t.rejects(again.pg.query('select 1'), { code: 'FST_PG_UNAVAILABLE', message: /connect refused by the test/ })
 })
