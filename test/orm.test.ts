@@ -13,9 +13,11 @@ import { migrate } from 'drizzle-orm/node-postgres/migrator'
 import { sql as dsql } from 'drizzle-orm'
 import { pgTable, serial, text } from 'drizzle-orm/pg-core'
 import { PrismaPg } from '@prisma/adapter-pg'
+import Cursor from 'pg-cursor'
 import { buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
-import { until } from './helpers/util.js'
+import { listen, send, until } from './helpers/util.js'
+import { sleeping } from './helpers/abort-cancel.js'
 
 const db = await setupDatabase(t)
 await db.admin('create table items (id serial primary key, name text not null)')
@@ -103,6 +105,49 @@ t.test('Kysely on request.db.pool', async (t) => {
     await until(() => late !== undefined, 'the late statement was issued')
     await t.rejects(late as Promise<unknown>, { code: 'FST_PG_REQUEST_ENDED' })
     t.same(await names(), [])
+  })
+
+  t.test('the client aborts mid-transaction: its statement is cancelled, the transaction rolled back, the connection returned', async (t) => {
+    const app = await buildApp(t, db, { max: 1 })
+    const failures: unknown[] = []
+    app.post('/', async (req) => {
+      const k = new Kysely<Schema>({ dialect: new PostgresDialect({ pool: req.db.pool }) })
+      await k.transaction().execute(async (trx) => {
+        await trx.insertInto('items').values({ name: 'aborted' }).execute()
+        await ksql`select pg_sleep(10)`.execute(trx).catch((error: unknown) => { failures.push(error); throw error })
+      })
+      return 'never'
+    })
+    app.get('/n', async (req) => (await req.db.query('select count(*)::int as n from items')).rows[0])
+    const url = await listen(app)
+    const sent = send(`${url}/`, { method: 'POST' })
+    await until(async () => (await sleeping(db)).length === 1, 'the statement runs on the server')
+    sent.req.destroy()
+    await until(async () => (await sleeping(db)).length === 0, 'it stops on the server', 2000)
+    const next = await send(`${url}/n`).done
+    t.same(next instanceof Error ? next.message : JSON.parse(next.body), { n: 0 }, 'the next request (max: 1) is served; the insert was rolled back')
+    t.match(app.pg.stats(), { cancels: 1, cancelsSettled: 1, destroyed: { stuck: 0 } })
+    await until(() => failures.length > 0, 'the handler heard it')
+    t.match(failures, [{ code: 'FST_PG_CANCELLED' }])
+  })
+
+  t.test('streams through a cursor; one left unread is closed when the request ends', async (t) => {
+    const app = await buildApp(t, db, { max: 1 })
+    await db.admin("insert into items (name) select 'row ' || i from generate_series(1, 50) i")
+    app.get('/all', async (req) => {
+      const k = new Kysely<Schema>({ dialect: new PostgresDialect({ pool: req.db.pool, cursor: Cursor }) })
+      let n = 0
+      for await (const row of k.selectFrom('items').select('name').stream(7)) if (row.name.startsWith('row ')) n++
+      return { n }
+    })
+    app.get('/first', async (req) => {
+      const k = new Kysely<Schema>({ dialect: new PostgresDialect({ pool: req.db.pool, cursor: Cursor }) })
+      const rows = k.selectFrom('items').select('name').stream(5)[Symbol.asyncIterator]()
+      return (await rows.next()).value
+    })
+    t.same((await app.inject('/all')).json(), { n: 50 })
+    t.same((await app.inject('/first')).json(), { name: 'row 1' })
+    t.same((await app.inject('/all')).json(), { n: 50 }, 'the connection (max: 1) came back usable after the unread stream')
   })
 
   t.test('session state it leaves is reset before the next request', async (t) => {
