@@ -55,7 +55,7 @@ export class Checkin {
     this.holds.record(now - lease.since, now)
     if (channels.release.hasSubscribers) channels.release.publish({ pool: this.#owner, requestId: lease.holder?.id, holdMs: now - lease.since })
     this.#slots.move(conn, 'returning')
-    tell(this.#owner, 'release', error, conn.client)
+    tell(this.#owner, this.#log, 'release', error, conn.client)
     // Whether its session is reset on the way back (see sessionReset), decided once.
     const { sessionReset } = this.#opts
     conn.dirty = sessionReset === 'always' || (sessionReset === 'auto' && conn.dirty)

@@ -59,7 +59,7 @@ export class Checkout {
       const { since, pings } = conn.lease as Lease
       this.#counters.acquires++
       this.waits.record(since - started, since)
-      tell(this.#owner, 'acquire', conn.client)
+      tell(this.#owner, this.#log, 'acquire', conn.client)
       if (channels.acquire.hasSubscribers) {
         // Never pooled before: opened for this checkout.
         channels.acquire.publish({ pool: this.#owner, requestId: options.holder?.id, waitMs: since - started, created: conn.idleSince === conn.createdAt, pings })
@@ -135,7 +135,7 @@ export class Checkout {
       // The user's hook is bounded by the checkout deadline too.
       if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now())
       this.slots.move(conn, 'checking')
-      tell(this.#owner, 'connect', client)
+      tell(this.#owner, this.#log, 'connect', client)
     } catch (error) {
       this.slots.move(conn, 'closed')
       if (!this.slots.serving) throw this.slots.closedError()
@@ -166,7 +166,7 @@ export class Checkout {
   #connectionLost (conn: Conn, error: Error | undefined): void {
     this.#suspectBefore = performance.now()
     if (conn.state === 'idle') {
-      if (error !== undefined) tell(this.#owner, 'error', error, conn.client)
+      if (error !== undefined) tell(this.#owner, this.#log, 'error', error, conn.client)
       this.slots.move(conn, 'closed', 'error')
     }
     if (this.#opts.pingIdleMs === Infinity) this.#closeSuspects()

@@ -1,6 +1,7 @@
 import type { Client, ClientBase, ClientConfig, PoolConfig, QueryConfig } from 'pg'
 import type { FastifyUnderPressureOptions as UnderPressureOptions } from '@fastify/under-pressure'
 import { PgInvalidOptionError } from './errors.js'
+import { connectionParameters } from './pg-internals.js'
 
 /** Options of the plugin itself; pg's Client and pg-pool options are accepted beside them (`OPTIONS`). */
 export interface PgPoolPluginOptions {
@@ -402,17 +403,22 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
   if (client.sslnegotiation === 'direct' && client.ssl !== true && !isPlainObject(client.ssl) && !has('connectionString')) {
     fail('sslnegotiation', "'postgres' unless `ssl` is on ('direct' starts TLS at once)", client.sslnegotiation)
   }
+  const pgbouncer = get('pgbouncer')
   if (has('connectionString')) {
     // pg parses it in the Client constructor (no connection is made): fail now, not per request.
+    let parsed: Record<string, unknown> = {}
     try {
-      // eslint-disable-next-line no-new
-      new DefaultClient(client as ClientConfig)
+      parsed = connectionParameters(new DefaultClient(client as ClientConfig))
     } catch (error) {
       fail('connectionString', `a connection string pg can use (${(error as Error).message})`, get('connectionString'))
     }
+    // pg reads these from its query string too (`?options=...`): PgBouncer would refuse every connection.
+    const refused = pgbouncer ? REFUSED_BY_PGBOUNCER.filter((key) => parsed[key]) : []
+    if (refused.length > 0) {
+      fail('connectionString', `without ${refused.map((key) => `\`${key}\``).join(', ')} with pgbouncer: true (PgBouncer refuses ${refused.length > 1 ? 'them' : 'it'} as a connection parameter; use statementTimeoutMs, or SET LOCAL in a transaction)`, get('connectionString'))
+    }
   }
 
-  const pgbouncer = get('pgbouncer')
   const statementTimeoutMs = orOff(get('statementTimeoutMs'), 0)
   if (pgbouncer) {
     // (pg sends these only when truthy.)

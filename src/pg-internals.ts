@@ -7,7 +7,7 @@ import pg, { type Client } from 'pg'
  *
  * | assumption | used for |
  * | --- | --- |
- * | `client.readyForQuery`, `_activeQuery`, `_queryQueue` (`_sentQueryQueue` when pipelining) | `busy()`: is a statement running or queued? |
+ * | `client.readyForQuery`, `_activeQuery`, `_queryQueue` (`_sentQueryQueue` when pipelining) | `busy()`: is a statement running or queued? `settling()`: or did one just fail? |
  * | `client` emits 'drain' when the last of them settles | waiting for a running statement |
  * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL; the Query subclass |
 | `client.connection.stream` is the socket | closing a client still connecting |
@@ -16,6 +16,7 @@ import pg, { type Client } from 'pg'
  * | a query not yet sent waits in `client._queryQueue` | closing cursors when a checkout ends |
  * | `client.ref()` / `unref()` | `allowExitOnIdle` |
 | `client.host/port/ssl/sslNegotiation/processID/secretKey`, `pg.Connection` and its `cancel` | the CancelRequest of a statement whose holder left |
+ * | `client.connectionParameters` | the parameters read from a connection string (PgBouncer refuses some) |
  * | the texts of pg's own errors (below) | telling a lost connection, a refused query and a timeout apart |
  */
 
@@ -66,6 +67,11 @@ const internals = (client: Client): ClientInternals => client as unknown as Clie
 export function busy (client: Client): boolean {
   const c = internals(client)
   return !c.readyForQuery || c._activeQuery != null || c._queryQueue.length > 0 || c._sentQueryQueue.length > 0
+}
+
+/** What pg will connect with: the config merged with what it read from the connection string and PG* variables. */
+export function connectionParameters (client: Client): Record<string, unknown> {
+  return (client as unknown as { connectionParameters: Record<string, unknown> }).connectionParameters
 }
 
 /**

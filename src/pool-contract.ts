@@ -1,4 +1,5 @@
 import type { EventEmitter } from 'node:events'
+import type { FastifyBaseLogger } from 'fastify'
 import pg, {
   type Pool as PgPoolClass,
   type PoolClient,
@@ -107,7 +108,16 @@ export abstract class PoolContract extends pg.Pool implements PgPoolLike {
   }
 }
 
-/** Emits one of pg-pool's events, if anybody listens (an 'error' nobody listens to must not throw). */
-export function tell (pool: EventEmitter, event: 'connect' | 'acquire' | 'remove' | 'error' | 'release', ...args: unknown[]): void {
-  if (pool.listenerCount(event) > 0) pool.emit(event, ...args)
+/**
+ * Emits one of pg-pool's events, if anybody listens (an 'error' nobody listens to must not throw).
+ * A listener that throws is logged: it must not leave a connection half returned, nor crash the
+ * process from inside the pool (with pg-pool it would throw from the caller's own `release()`).
+ */
+export function tell (pool: EventEmitter, log: FastifyBaseLogger, event: 'connect' | 'acquire' | 'remove' | 'error' | 'release', ...args: unknown[]): void {
+  if (pool.listenerCount(event) === 0) return
+  try {
+    pool.emit(event, ...args)
+  } catch (error) {
+    log.error({ err: error }, `fastify-pg-pool: a listener of fastify.pg.pool's '${event}' event threw; the pool went on`)
+  }
 }

@@ -14,11 +14,13 @@ import { lex, textOf } from './sql.js'
 // Every statement the checks below flag matches this: one of the statements that change the
 // session by what they are, at the start of the text or after a `;` or a comment; or one of the
 // words they look for anywhere. Most statements do not, and are not split into tokens.
-const CANDIDATE = /(?:^|;|\*\/|--[^\n\r]*[\n\r])\s*(?:set|reset|listen|prepare|declare|load|discard|do)\b|\btemp(?:orary)?\b|pg_temp|pg_settings|set_config|advisory_lock/i
+const CANDIDATE = /(?:^|;|\*\/|--[^\n\r]*[\n\r])\s*(?:set|reset|listen|unlisten|prepare|deallocate|declare|load|discard|do)\b|\btemp(?:orary)?\b|pg_temp|pg_settings|set_config|advisory_lock/i
 
 // Sent as its own statement, these change the session: SET (but not SET LOCAL, SET TRANSACTION
-// or SET CONSTRAINTS, which end with the transaction), RESET, LISTEN, PREPARE, LOAD, DISCARD.
-const STARTERS = new Set(['set', 'reset', 'listen', 'prepare', 'load', 'discard'])
+// or SET CONSTRAINTS, which end with the transaction), RESET, LISTEN, UNLISTEN (a channel
+// onConnect listens on), PREPARE, DEALLOCATE (a statement pg believes prepared, gone for the
+// next holder), LOAD, DISCARD.
+const STARTERS = new Set(['set', 'reset', 'listen', 'unlisten', 'prepare', 'deallocate', 'load', 'discard'])
 const TRANSACTION_SET = new Set(['local', 'transaction', 'constraints'])
 const SESSION_LOCKS = new Set(['pg_advisory_lock', 'pg_advisory_lock_shared', 'pg_try_advisory_lock', 'pg_try_advisory_lock_shared'])
 const TEMP = new Set(['temp', 'temporary'])
@@ -27,7 +29,7 @@ const SCOPE = new Set(['global', 'local'])
 const NOT_A_NAME = new Set(['from', 'where', 'group', 'having', 'window', 'order', 'limit', 'offset', 'fetch', 'for', 'union', 'intersect', 'except'])
 const TEMP_SCHEMA = /^pg_temp(?:_\d+)?$/
 // Inside a DO block's body (PL/pgSQL, strings it EXECUTEs): any of these words, loosely.
-const DO_BODY = /\b(?:set|reset|listen|prepare|load|discard|hold|temp|temporary|set_config|pg_settings|pg_temp(?:_\d+)?|pg_(?:try_)?advisory_lock(?:_shared)?)\b/i
+const DO_BODY = /\b(?:set|reset|listen|unlisten|prepare|deallocate|load|discard|hold|temp|temporary|set_config|pg_settings|pg_temp(?:_\d+)?|pg_(?:try_)?advisory_lock(?:_shared)?)\b/i
 
 export function changesSession (statement: unknown): boolean {
   // (Most statements are plain strings: no call to find their text.)

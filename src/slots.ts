@@ -248,7 +248,7 @@ export class Slots {
     // (One that never opened is a connect failure, counted as such.)
     if (prev !== 'opening') {
       this.#counters.destroyed[reason]++
-      tell(this.#owner, 'remove', conn.client)
+      tell(this.#owner, this.#log, 'remove', conn.client)
       if (channels.destroy.hasSubscribers) {
         channels.destroy.publish({ pool: this.#owner, reason, ageMs: performance.now() - conn.createdAt, uses: conn.uses })
       }

@@ -59,7 +59,10 @@ const cases: Array<[PgPoolOptions | unknown, RegExp]> = [
   [{ pgbouncer: true, lock_timeout: 100 }, /`lock_timeout`.*PgBouncer refuses it/],
   [{ pgbouncer: true, idle_in_transaction_session_timeout: 100 }, /`idle_in_transaction_session_timeout`.*PgBouncer refuses it/],
   [{ pgbouncer: true, options: '-c search_path=x password=hunter2' }, /`options`.*PgBouncer refuses it.*a value of type string/],
-  [{ pgbouncer: true, sessionReset: 'auto' }, /`sessionReset`.*false with pgbouncer: true/]
+  [{ pgbouncer: true, sessionReset: 'auto' }, /`sessionReset`.*false with pgbouncer: true/],
+  // In the connection string, where pg reads them too (found by an adversarial pass).
+  [{ pgbouncer: true, connectionString: 'postgres://u:hunter2@h/db?options=-c%20search_path%3Dapp' }, /`connectionString`.*without `options` with pgbouncer: true.*a value of type string/],
+  [{ pgbouncer: true, connectionString: 'postgres://u:hunter2@h/db?statement_timeout=5000&idle_in_transaction_session_timeout=1000' }, /without `statement_timeout`, `idle_in_transaction_session_timeout` with pgbouncer: true \(PgBouncer refuses them/]
 ]
 
 for (const [options, message] of cases) {

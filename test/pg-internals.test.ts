@@ -17,6 +17,7 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import {
   busy,
+  connectionParameters,
   forgetPrepared,
   holdProcess,
   isConnectTimeout,
@@ -24,6 +25,7 @@ import {
   Query,
   refusedUnsent,
   saysLost,
+  settling,
   queued
 } from '../src/pg-internals.js'
 import { silentServer } from './helpers/net.js'
@@ -156,6 +158,7 @@ t.test('busy(): a failed statement is reported at ErrorResponse, before its Read
     const failed = deferred<{ error: Error, busy: boolean, status: string | null }>()
     client.once('drain', () => drained.resolve({ busy: busy(client), status: client.getTransactionStatus() }))
     client.query('select 1/0', (error) => {
+      t.equal(settling(client), true, 'settling(): busy, yet nothing runs; only the ReadyForQuery is to come')
       failed.resolve({ error, busy: busy(client), status: client.getTransactionStatus() })
     })
     const { error, ...inCallback } = await failed.promise
@@ -167,6 +170,10 @@ t.test('busy(): a failed statement is reported at ErrorResponse, before its Read
   t.same(outside.inCallback, { busy: true, status: 'I' }, 'in the error callback: still busy, status from before')
   t.same(outside.atDrain, { busy: false, status: 'I' }, "at 'drain': the ReadyForQuery was read")
   t.equal(busy(client), false)
+  t.equal(settling(client), false, 'not settling once idle')
+  const running = client.query('select pg_sleep(0.05)')
+  t.equal(settling(client), false, 'not settling while a statement runs')
+  await running
 
   await client.query('begin')
   t.equal(client.getTransactionStatus(), 'T')
@@ -388,4 +395,9 @@ t.test("pg's error texts", async (t) => {
     t.equal(saysLost('Connection terminated unexpectedly'), true)
     t.equal(saysLost('Connection terminated'), true)
   })
+})
+
+t.test('connectionParameters(): what pg read from the config and the connection string', async (t) => {
+  const params = connectionParameters(new pg.Client({ connectionString: 'postgres://u:p@h:5433/d?options=-c%20x%3D1&statement_timeout=5', lock_timeout: 7 }))
+  t.match(params, { host: 'h', port: 5433, database: 'd', options: '-c x=1', statement_timeout: '5', lock_timeout: 7 })
 })

@@ -7,7 +7,7 @@ import t from 'tap'
 import pg, { type PoolClient, type QueryResult } from 'pg'
 import { buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
-import { until } from './helpers/util.js'
+import { logLines, until } from './helpers/util.js'
 
 const db = await setupDatabase(t)
 
@@ -201,4 +201,19 @@ t.test("a Client class whose connect() only calls back (pg-pool's way of calling
   await app.pg.pool.end()
   const again = await buildApp(t, db, { Client: CallbackOnly })
   await t.rejects(again.pg.query('select 1'), { code: 'FST_PG_UNAVAILABLE', message: /connect refused by the test/ })
+})
+
+t.test("a listener that throws is logged; the connection still goes back and the process lives (found by an adversarial pass: 'release' crashed it, 'acquire' leaked the connection)", async (t) => {
+  const { stream, lines } = logLines()
+  const app = await buildApp(t, db, { max: 1 }, { logger: { stream } })
+  for (const event of ['acquire', 'release', 'connect', 'remove'] as const) {
+    app.pg.pool.on(event, () => { throw new Error(`${event} listener bug`) })
+  }
+  app.get('/', async (req) => (await req.db.query('select 1 as n')).rows[0])
+  for (let i = 0; i < 3; i++) t.same((await app.inject('/')).json(), { n: 1 }, `request ${i + 1} served (max: 1)`)
+  await until(() => app.pg.stats().active === 0, 'returned')
+  const logged = lines.filter((line) => line.level === 50).map((line) => line.msg)
+  t.ok(logged.includes("fastify-pg-pool: a listener of fastify.pg.pool's 'acquire' event threw; the pool went on"))
+  t.ok(logged.includes("fastify-pg-pool: a listener of fastify.pg.pool's 'release' event threw; the pool went on"))
+  t.ok(logged.includes("fastify-pg-pool: a listener of fastify.pg.pool's 'connect' event threw; the pool went on"))
 })
