@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { PoolClient, PoolOptions, QueryResult } from 'pg'
+import type { PoolClient, QueryResult } from 'pg'
 import {
   PgCallbackError,
   PgCancelledError,
@@ -100,6 +100,8 @@ export class RequestHandle implements Runner {
   readonly #clock: Clock | undefined
   /** `pool`, made on first use. */
   #view: RequestPool | undefined
+  /** Every pg.Pool view of this request's dbs: none gives a turn after the end. */
+  #views: RequestPool[] | undefined
 
   constructor (pool: Pool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings) {
     this.#pool = pool
@@ -126,11 +128,16 @@ export class RequestHandle implements Runner {
   }
 
   get pool (): RequestPool {
-    return (this.#view ??= new RequestPool(this, this.#pool.options))
+    return (this.#view ??= this.poolOf(this))
   }
 
-  /** @internal */
-  get poolOptions (): PoolOptions { return this.#pool.options }
+  /** @internal A pg.Pool view of `scope` (request.db or a transaction's db), told when the request ends. */
+  poolOf (scope: RequestDb): RequestPool {
+    const view = new RequestPool(scope, this.#pool.options)
+    if (this.ended) view.abandon()
+    else (this.#views ??= []).push(view)
+    return view
+  }
 
   /** @internal `query()` of `request.db` or of a transaction's `db`. */
   runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[], callback?: unknown): Promise<QueryResult<any>> {
@@ -262,6 +269,7 @@ export class RequestHandle implements Runner {
    */
   #end (completed: boolean): void {
     this.ended = true
+    for (const view of this.#views ?? []) view.abandon()
     // Nobody reads a cursor now, and one left suspended would hold back what runs behind it.
     this.#closeClients()
     const state = this.#state

@@ -1,19 +1,32 @@
 import type { PoolClient, PoolOptions, QueryResult } from 'pg'
 import type { RequestDb } from './db.js'
+import { PgDoubleReleaseError, PgReleasedError, PgRequestEndedError, refused } from './errors.js'
 import type { PgQueryConfig } from './options.js'
 import { PoolContract } from './pool-contract.js'
 
+interface Waiter { resolve: () => void, reject: (error: Error) => void }
+
 /**
  * `request.db.pool`: the request's connection as a pg.Pool of one, for libraries that take a pool
- * (Kysely's PostgresDialect, drizzle, Prisma's adapter). Its `query()` is `db.query()`; its
- * `connect()` is `db.connection()`, whose statements join the same queue; `release()` returns
- * nothing early and `end()` ends nothing: the connection goes back when the request ends. So the
- * library keeps every guarantee of `request.db`: checked out on first use, fenced after the end,
- * the route's timeout and transaction (its own transactions nest as savepoints), the session reset.
+ * (Kysely's PostgresDialect, drizzle, Prisma's adapter). Its statements are `db`'s: checked out on
+ * first use, fenced after the end, the route's timeout and transaction (a library's own
+ * transactions nest as savepoints), the session reset.
+ *
+ * As with a real pool of one, the client has one holder at a time: `connect()` waits until the
+ * holder before it calls `release()`, and `query()` waits for a turn too. So two transactions a
+ * library runs at once take turns instead of interleaving on the one connection (where one's
+ * ROLLBACK would undo the other's work). `release()` ends a turn; the connection itself goes back
+ * when the request ends, and `end()` ends nothing. Turns still awaited when the request ends
+ * are refused (`FST_PG_REQUEST_ENDED`): a library that waits on the outer pool inside its own
+ * transaction would otherwise wait forever.
  */
 export class RequestPool extends PoolContract {
   readonly #db: RequestDb
   readonly options: PoolOptions
+  /** Somebody holds the client (a `connect()` not yet released, or a `query()` running). */
+  #held = false
+  readonly #waiting: Waiter[] = []
+  #over = false
 
   constructor (db: RequestDb, options: PoolOptions) {
     super()
@@ -21,19 +34,80 @@ export class RequestPool extends PoolContract {
     this.options = options
   }
 
-  // One connection, never idle in this pool, nobody waiting for it here.
+  // One connection, never idle in this pool.
   get totalCount (): number { return 1 }
   get idleCount (): number { return 0 }
-  get waitingCount (): number { return 0 }
+  get waitingCount (): number { return this.#waiting.length }
   get expiredCount (): number { return 0 }
 
-  protected checkout (): Promise<PoolClient> {
-    return this.#db.connection()
+  protected async checkout (): Promise<PoolClient> {
+    await this.#turn()
+    let client: PoolClient
+    try {
+      client = await this.#db.connection()
+    } catch (error) {
+      this.#next()
+      throw error
+    }
+    return this.#lease(client)
   }
 
-  protected run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined): Promise<QueryResult<any>> {
-    return this.#db.query(textOrConfig as string, values)
+  protected async run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined): Promise<QueryResult<any>> {
+    await this.#turn()
+    try {
+      return await this.#db.query(textOrConfig as string, values)
+    } finally {
+      this.#next()
+    }
   }
 
   protected async shutdown (): Promise<void> {}
+
+  /** @internal The request ended: no turn is given any more. */
+  abandon (): void {
+    this.#over = true
+    for (const waiter of this.#waiting.splice(0)) waiter.reject(new PgRequestEndedError())
+  }
+
+  /** Resolves when it is the caller's turn to hold the client. */
+  #turn (): Promise<void> {
+    if (this.#over) return refused(new PgRequestEndedError())
+    if (!this.#held) {
+      this.#held = true
+      return Promise.resolve()
+    }
+    return new Promise((resolve, reject) => this.#waiting.push({ resolve, reject }))
+  }
+
+  /** The turn ended: the next waiter's begins. */
+  #next (): void {
+    const waiter = this.#waiting.shift()
+    if (waiter === undefined) this.#held = false
+    else waiter.resolve()
+  }
+
+  /**
+   * The request's client for one turn: `release()` ends the turn (once: twice throws
+   * FST_PG_DOUBLE_RELEASE; `release(err)` has the connection destroyed when the request ends),
+   * and after it the turn's statements are refused (FST_PG_RELEASED).
+   */
+  #lease (client: PoolClient): PoolClient {
+    let released = false
+    const query = (...args: unknown[]): unknown => {
+      if (!released) return (client.query as (...a: unknown[]) => unknown)(...args)
+      const error = new PgReleasedError()
+      const last = args[args.length - 1]
+      if (typeof last === 'function') return process.nextTick(last as (e: Error) => void, error)
+      if (typeof (args[0] as { submit?: unknown } | null)?.submit === 'function') throw error
+      return refused(error)
+    }
+    const release = (error?: Error | boolean): void => {
+      if (released) throw new PgDoubleReleaseError()
+      released = true
+      if (error) client.release(error)
+      this.#next()
+    }
+    // Everything else is the request's client (its listeners, escapes, type parsers).
+    return Object.create(client, { query: { value: query }, release: { value: release } })
+  }
 }

@@ -1,9 +1,9 @@
-import type { PoolClient, PoolOptions, QueryResult } from 'pg'
+import type { PoolClient, QueryResult } from 'pg'
 import type { RequestDb } from './db.js'
 import { PgRequestEndedError, PgTransactionEndedEarlyError, PgTransactionScopeError } from './errors.js'
 import { noop } from './deadline.js'
 import type { PgQueryConfig } from './options.js'
-import { RequestPool } from './request-pool.js'
+import type { RequestPool } from './request-pool.js'
 import { checkTransactionOptions, Frames, type Frame, type Step, type TransactionOptions } from './transaction.js'
 
 /** What the plugin sends for its own transaction control, decided when it is sent (from the status it meets). */
@@ -22,8 +22,8 @@ export interface Runner extends RequestDb {
   runIn (scope: RequestDb, text: string | PgQueryConfig, values?: unknown[], callback?: unknown): Promise<QueryResult<any>>
   transactionIn<T> (scope: RequestDb, fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
   connectionIn (scope: RequestDb): Promise<PoolClient>
-  /** The app pool's `options`, for the pg.Pool views of the request's dbs. */
-  readonly poolOptions: PoolOptions
+  /** A pg.Pool view of `scope`, for libraries that take a pool. */
+  poolOf (scope: RequestDb): RequestPool
 }
 
 /** The `db` a `transaction()` callback gets: the request's connection, inside that transaction. */
@@ -50,7 +50,7 @@ class TransactionDb implements RequestDb {
   }
 
   get pool (): RequestPool {
-    return (this.#pool ??= new RequestPool(this, this.#runner.poolOptions))
+    return (this.#pool ??= this.#runner.poolOf(this))
   }
 }
 

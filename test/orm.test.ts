@@ -14,6 +14,7 @@ import { sql as dsql } from 'drizzle-orm'
 import { pgTable, serial, text } from 'drizzle-orm/pg-core'
 import { PrismaPg } from '@prisma/adapter-pg'
 import Cursor from 'pg-cursor'
+import type { PgPoolLike } from '../src/index.js'
 import { buildApp } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { listen, send, until } from './helpers/util.js'
@@ -301,4 +302,45 @@ t.test('on fastify.pg.pool, outside requests', async (t) => {
     t.same(await d.select({ name: items.name }).from(items), [{ name: 'job' }])
     t.equal(app.pg.stats().active, 0)
   })
+})
+
+t.test('request.db.pool: one holder at a time, as a pool of one', async (t) => {
+  const app = await buildApp(t, db)
+  let kept: PgPoolLike | undefined
+  app.get('/', async (req) => {
+    const pool = req.db.pool
+    t.equal(pool, req.db.pool, 'one view per db')
+    const first = await pool.connect()
+    let secondGot = false
+    const second = pool.connect().then((c) => { secondGot = true; return c })
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    const waiting = pool.waitingCount
+    const beforeRelease = secondGot
+    first.release()
+    const client = await second
+    t.throws(() => first.release(), { code: 'FST_PG_DOUBLE_RELEASE' })
+    await t.rejects(first.query('select 1'), { code: 'FST_PG_RELEASED' })
+    const calledBack = await new Promise((resolve) => first.query('select 1', (err: Error) => resolve(err)))
+    t.throws(() => first.query(new Cursor('select 1')), { code: 'FST_PG_RELEASED' })
+    const n = (await client.query('select 1 as n')).rows[0].n
+    client.release(new Error('the caller found it broken'))
+    kept = pool
+    return { waiting, beforeRelease, n, calledBack: (calledBack as { code?: string }).code, counts: [pool.totalCount, pool.idleCount, pool.expiredCount] }
+  })
+  t.same((await app.inject('/')).json(), { waiting: 1, beforeRelease: false, n: 1, calledBack: 'FST_PG_RELEASED', counts: [1, 0, 0] })
+  await until(() => app.pg.stats().total === 0, 'release(err) had the connection destroyed when the request ended')
+  await t.rejects((kept as PgPoolLike).connect(), { code: 'FST_PG_REQUEST_ENDED' }, 'no turn after the end')
+})
+
+t.test('a pool view first asked for after the request ended gives no turn', async (t) => {
+  const app = await buildApp(t, db)
+  let late: Promise<unknown> | undefined
+  app.get('/', async (req, reply) => {
+    reply.raw.once('close', () => { late = req.db.pool.query('select 1') })
+    return 'ok'
+  })
+  await app.inject('/')
+  await until(() => late !== undefined, 'asked after the end')
+  await t.rejects(late as Promise<unknown>, { code: 'FST_PG_REQUEST_ENDED' })
+  t.equal(app.pg.stats().acquires, 0)
 })
