@@ -3,7 +3,7 @@ import type { PoolClient } from 'pg'
 import type { Conn } from './conn.js'
 import { noop } from './deadline.js'
 import { isConnectionError, lostConnectionError, PgCommitUnknownError, refused } from './errors.js'
-import { queued, type Submittable } from './pg-internals.js'
+import { failReads, queued, unqueue, type Submittable } from './pg-internals.js'
 import { commits } from './transaction.js'
 
 export interface GuardedClient {
@@ -12,12 +12,12 @@ export interface GuardedClient {
   /**
    * The checkout ends: listeners added through `client` are removed, and every cursor and stream
    * opened through it is closed (nobody can read them any more, and a suspended cursor would
-   * hold the connection forever). A cursor still waiting in pg's queue cannot be closed (pg would
-   * open it later and wait for a read): the connection is condemned instead, to be destroyed.
+   * hold the connection forever). Reads still waiting fail with `why`; a cursor still waiting in
+   * pg's queue is taken out of it, never sent, and fails with `why` too.
    */
-  close (): void
+  close (why: Error): void
   /** Closes the cursors and streams only (the plugin is about to end a transaction they are in). */
-  closeCursors (): void
+  closeCursors (why: Error): void
 }
 
 const LISTENER_METHODS = ['on', 'addListener', 'once', 'prependListener', 'prependOnceListener'] as const
@@ -115,16 +115,20 @@ export function guardClient (
   })
   return {
     client: proxy,
-    close () {
+    close (why) {
       for (const [event, listener] of listeners.splice(0)) client.removeListener(event, listener)
-      this.closeCursors()
+      this.closeCursors(why)
     },
-    closeCursors () {
-      // A stream's destroy() closes its cursor; a bare cursor has close(). Both are no-ops
-      // once the cursor is done.
+    closeCursors (why) {
       for (const cursor of cursors.splice(0)) {
-        if (queued(client, cursor)) conn.condemn('error')
-        else if (typeof cursor.destroy === 'function') cursor.destroy()
+        if (queued(client, cursor)) {
+          unqueue(client, cursor, why)
+          continue
+        }
+        // Whoever awaits a read hears why; then a stream's destroy() closes its cursor, a bare
+        // cursor has close(). Each does nothing once the cursor is done.
+        failReads(cursor, why)
+        if (typeof cursor.destroy === 'function') cursor.destroy(why)
         else if (typeof cursor.close === 'function') cursor.close(noop)
       }
     }

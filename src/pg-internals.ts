@@ -111,13 +111,43 @@ export function holdProcess (client: Client, hold: boolean): void {
 /** A cursor or stream passed to `client.query()` (pg-cursor, pg-query-stream, ...). */
 export interface Submittable {
   submit (...args: unknown[]): unknown
-  destroy?: () => unknown
+  destroy?: (error?: Error) => unknown
   close?: (callback: () => void) => unknown
+  /** pg's way of failing a query (typed loosely by its libraries). */
+  handleError?: unknown
 }
 
 /** Still waiting in pg's queue behind another query: not submitted, so it cannot be closed. */
 export function queued (client: Client, submittable: Submittable): boolean {
   return internals(client)._queryQueue.includes(submittable)
+}
+
+/**
+ * Takes a submittable pg has not sent out of its queue, and fails it with `error` the way pg
+ * fails the queries still queued when its client ends (`handleError`): it is never sent.
+ */
+export function unqueue (client: Client, submittable: Submittable, error: Error): void {
+  const c = internals(client)
+  c._queryQueue.splice(c._queryQueue.indexOf(submittable), 1)
+  if (typeof submittable.handleError === 'function') submittable.handleError(error, c.connection)
+}
+
+/** A pg-cursor's reads waiting for rows (pg-query-stream's through its `cursor`). */
+interface PendingReads { _cb: ((error: Error) => void) | null, _queue?: Array<[number, (error: Error) => void]> }
+
+/**
+ * Fails the reads a cursor has pending: `close()` on a cursor whose statement runs drops them
+ * without a call (pg-cursor marks itself done, and ignores the error the cancel brings), and
+ * whoever awaits them would wait forever.
+ */
+export function failReads (submittable: Submittable, error: Error): void {
+  const cursor = ((submittable as { cursor?: unknown }).cursor ?? submittable) as Partial<PendingReads>
+  const pending = cursor._cb
+  const queued = cursor._queue?.splice(0) ?? []
+  if (pending === undefined) return
+  cursor._cb = null
+  pending?.(error)
+  for (const [, callback] of queued) callback(error)
 }
 
 interface Protocol {

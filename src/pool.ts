@@ -175,7 +175,7 @@ export class Pool extends PoolContract implements PgPool {
       if (released) throw new PgDoubleReleaseError()
       released = true
       if (error) conn.condemn('error')
-      guarded.close()
+      guarded.close(new PgReleasedError())
       this.release(conn, error === false ? undefined : error)
     }, (statement) => this.wire.admit(conn, statement))
     return guarded.client

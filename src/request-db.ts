@@ -5,6 +5,7 @@ import {
   PgCancelledError,
   PgCommitUnknownError,
   PgRequestEndedError,
+  PgTransactionScopeError,
   PgTransactionEndedEarlyError,
   isConnectionError,
   lostConnectionError,
@@ -255,10 +256,15 @@ export class RequestHandle implements Runner {
     return guarded
   }
 
-  /** Closes the cursors and streams opened through this checkout's clients, which stop. */
+  /**
+   * Closes the cursors and streams opened through this checkout's clients, which stop: a read
+   * still awaited fails as a statement cancelled because the request ended (or its connection
+   * was lost, for a `retry` that checks out another).
+   */
   #closeClients (): void {
     if (this.#clients === undefined) return
-    for (const guarded of this.#clients.values()) guarded.close()
+    const why = new PgCancelledError(this.ended ? 'its request ended' : 'its connection was lost')
+    for (const guarded of this.#clients.values()) guarded.close(why)
     this.#clients = undefined
   }
 
@@ -349,7 +355,10 @@ export class RequestHandle implements Runner {
     if ((job.plan !== undefined || framed) && !conn.dead && busy(conn.client)) {
       // The plugin's own control would wait forever behind a suspended cursor: a transaction's
       // cursors end with it anyway.
-      if (job.plan !== undefined) for (const guarded of this.#clients?.values() ?? []) guarded.closeCursors()
+      if (job.plan !== undefined) {
+        const why = new PgTransactionScopeError('The transaction this cursor or stream read in has ended')
+        for (const guarded of this.#clients?.values() ?? []) guarded.closeCursors(why)
+      }
       return this.#whenSettled(conn, job)
     }
     const tx = conn.client.getTransactionStatus()
