@@ -53,10 +53,10 @@ export interface PgDecorator extends Pressure {
   /** `pool.connect()`: a client for work outside a request, returned with `release()`. */
   readonly connect: PgPool['connect']
   /**
-   * Runs `fn` in a transaction outside a request (a job, a script): BEGIN on the first statement,
-   * COMMIT when `fn` resolves, ROLLBACK when it throws; `fn` gets a `db` like `request.db`
-   * (nested `transaction()` calls and an ORM on `db.pool` make savepoints), refused once `fn`
-   * has settled; the connection goes back then.
+   * Runs `fn` in a transaction outside a request (a job, a script): BEGIN at once, COMMIT when
+   * `fn` resolves, ROLLBACK when it throws. `fn` gets a `db` like `request.db` (nested
+   * `transaction()` calls and an ORM on `db.pool` make savepoints), refused once `fn` has
+   * settled; the connection goes back then.
    */
   transaction<T>(fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
   /**

@@ -9,9 +9,9 @@ import type { TransactionOptions } from './transaction.js'
 /**
  * `fastify.pg.transaction(fn)`: a transaction outside any request (a job, a script, a queue
  * consumer), run as a request of its own that ends when `fn` settles. So it has a request's
- * guarantees: checked out on the first statement, COMMIT or ROLLBACK, nested `transaction()`
- * calls and an ORM's own transactions on `db.pool` as savepoints, statements after the end
- * refused, a statement still running at the end cancelled, the connection always returned.
+ * guarantees: COMMIT or ROLLBACK, nested `transaction()` calls and an ORM's own transactions on
+ * `db.pool` as savepoints, statements after the end refused, a statement still running at the
+ * end cancelled, the connection always returned.
  */
 export async function transactionOutside<T> (
   pool: Pool,
