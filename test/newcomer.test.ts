@@ -90,12 +90,10 @@ function passwordFiles (folder: string): string[] {
   return readdirSync(folder, { recursive: true, encoding: 'utf8' }).filter((path) => /(^|\/)pg-password-[^/]*$/.test(path))
 }
 
-/** The environment of a newcomer's shell: no DATABASE_URL, no coverage of the test runner. */
+/** The environment of a newcomer's shell: no DATABASE_URL (and no coverage of the test runner: see `run`). */
 function newcomerEnv (temp: string, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: temp, ...extra }
   delete env.DATABASE_URL
-  delete env.NODE_OPTIONS
-  delete env.NODE_V8_COVERAGE
   return env
 }
 
@@ -107,7 +105,10 @@ interface Run { code: number | null, stdout: string, stderr: string }
  */
 async function run (t: Teardown, cwd: string, env: NodeJS.ProcessEnv, args: string[],
   ready?: { pattern: RegExp, onReady: (match: RegExpExecArray) => Promise<void> }): Promise<Run> {
-  const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  // Through `env -u`: tap puts its coverage variables back into every child it sees spawned, and
+  // this child loads src/ through the checkout's own paths (its coverage would muddle the suite's).
+  const unset = ['NODE_OPTIONS', 'NODE_V8_COVERAGE'].flatMap((name) => ['-u', name])
+  const child = spawn('env', [...unset, process.execPath, '--import', 'tsx', ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
   t.teardown(() => { child.kill('SIGKILL') })
   const result: Run = { code: null, stdout: '', stderr: '' }
   let signalled = false
