@@ -133,7 +133,7 @@ export function unqueue (client: Client, submittable: Submittable, error: Error)
 }
 
 /** A pg-cursor's reads waiting for rows (pg-query-stream's through its `cursor`). */
-interface PendingReads { _cb: ((error: Error) => void) | null, _queue?: Array<[number, (error: Error) => void]> }
+interface PendingReads { _cb: ((error: Error) => void) | null, _queue: Array<[number, (error: Error) => void]> }
 
 /**
  * Fails the reads a cursor has pending: `close()` on a cursor whose statement runs drops them
@@ -142,12 +142,10 @@ interface PendingReads { _cb: ((error: Error) => void) | null, _queue?: Array<[n
  */
 export function failReads (submittable: Submittable, error: Error): void {
   const cursor = ((submittable as { cursor?: unknown }).cursor ?? submittable) as Partial<PendingReads>
-  const pending = cursor._cb
-  const queued = cursor._queue?.splice(0) ?? []
-  if (pending === undefined) return
+  if (cursor._cb === undefined) return // not a pg-cursor (a COPY stream)
+  const waiting = [cursor._cb, ...(cursor as PendingReads)._queue.splice(0).map(([, callback]) => callback)]
   cursor._cb = null
-  pending?.(error)
-  for (const [, callback] of queued) callback(error)
+  for (const callback of waiting) callback?.(error)
 }
 
 interface Protocol {

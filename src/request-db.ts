@@ -240,12 +240,12 @@ export class RequestHandle implements Runner {
       conn,
       () => holds() ? this.#refusal(scope) : new PgRequestEndedError(),
       (error) => { if (error && holds()) conn.condemn('error') },
-      // Statements sent on the client directly are translated when they are handed to pg
-      // (interleaved with request.db.query() calls still queued, the order is pg's).
+      // Only cursors and streams reach pg from the client directly: inside the plugin's
+      // transactions one that is transaction control is refused (it cannot become a savepoint).
       (statement) => {
         const frames = this.#txs?.frames
-        const step = frames !== undefined && frames.size > 0 ? frames.translate(statement, conn.client.getTransactionStatus()) : undefined
-        return this.#pool.wire.admit(conn, step === undefined ? statement : step.statement)
+        if (frames !== undefined && frames.size > 0) frames.translate(statement, conn.client.getTransactionStatus())
+        return this.#pool.wire.admit(conn, statement)
       },
       (error) => this.#warn(error),
       // Its statements join the request's queue, in call order with request.db's, with the

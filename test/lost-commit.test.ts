@@ -94,3 +94,22 @@ t.test('a COMMIT never sent (the connection died first): 503 FST_PG_CONNECTION_L
   t.ok(res.headers['retry-after'], 'safe to retry: nothing ran')
   t.same(await notes(), [])
 })
+
+t.test('a pool.connect() client: a lost COMMIT is FST_PG_COMMIT_UNKNOWN (promise and callback); a statement after the loss, 503 not sent', async (t) => {
+  const { app } = await lossyApp(t)
+  const client = await app.pg.pool.connect()
+  await client.query('begin')
+  await client.query("insert into ledger values ('job')")
+  await t.rejects(client.query('commit'), { code: 'FST_PG_COMMIT_UNKNOWN' })
+  await t.rejects(client.query('select 1'), { code: 'FST_PG_CONNECTION_LOST', statusCode: 503 }, 'pg refused it unsent: safe to retry')
+  const viaCallback = await new Promise((resolve) => client.query('select 1', (error: unknown) => resolve(error)))
+  t.match(viaCallback, { code: 'FST_PG_CONNECTION_LOST', statusCode: 503 })
+  await t.rejects(client.query('select nope'), { code: 'FST_PG_CONNECTION_LOST' })
+  client.release()
+  t.same(await notes(), ['job'])
+
+  const fresh = await app.pg.pool.connect()
+  const serverError = await new Promise((resolve) => fresh.query('select nope', (error: unknown) => resolve(error)))
+  t.match(serverError, { code: '42703' }, "a server's error reaches the callback as it is")
+  fresh.release()
+})

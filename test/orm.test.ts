@@ -344,3 +344,13 @@ t.test('a pool view first asked for after the request ended gives no turn', asyn
   await t.rejects(late as Promise<unknown>, { code: 'FST_PG_REQUEST_ENDED' })
   t.equal(app.pg.stats().acquires, 0)
 })
+
+t.test('request.db.pool: a checkout that fails ends the turn (the next caller is not left waiting)', async (t) => {
+  const app = await buildApp(t, db)
+  app.get('/', async (req) => {
+    await app.pg.pool.end()
+    const codes = await Promise.all([req.db.pool.connect(), req.db.pool.connect()].map(async (p) => await p.then(() => 'connected', (e: { code?: string }) => e.code)))
+    return { codes }
+  })
+  t.same((await app.inject('/')).json(), { codes: ['FST_PG_POOL_CLOSED', 'FST_PG_POOL_CLOSED'] })
+})

@@ -80,6 +80,28 @@ t.test('close while a connection is being opened: that checkout, under way, is s
   t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
 })
 
+t.test('the pool shuts (closeTimeoutMs: 0) while a connection is being opened: that checkout fails with FST_PG_POOL_CLOSED, nothing is left open', async (t) => {
+  const connecting = deferred()
+  const proceed = deferred()
+  const app = Fastify()
+  await app.register(pgPool, {
+    connectionString: db.url,
+    closeTimeoutMs: 0,
+    onConnect: async () => {
+      connecting.resolve()
+      await proceed.promise
+    }
+  })
+  const query = t.rejects(app.pg.query('select 1'), { code: 'FST_PG_POOL_CLOSED' })
+  await connecting.promise
+  const closing = app.pg.pool.close()
+  await closing
+  proceed.resolve()
+  await query
+  await app.close()
+  t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
+})
+
 t.test('a malformed query rejects its own promise and the request goes on', async (t) => {
   const app = await buildApp(t, db)
   app.get('/', async (req) => {
