@@ -135,7 +135,8 @@ export class Checkout {
       // The user's hook is bounded by the checkout deadline too.
       if (onConnect !== undefined) await withTimeout(onConnect(client), deadline - performance.now())
       this.slots.move(conn, 'checking')
-      tell(this.#owner, this.#log, 'connect', client)
+      // (Not for one the pool closed meanwhile: no 'remove' would follow.)
+      if (conn.state === 'checking') tell(this.#owner, this.#log, 'connect', client)
     } catch (error) {
       this.slots.move(conn, 'closed')
       if (!this.slots.serving) throw this.slots.closedError()

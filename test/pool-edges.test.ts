@@ -92,12 +92,15 @@ t.test('the pool shuts (closeTimeoutMs: 0) while a connection is being opened: t
       await proceed.promise
     }
   })
+  const events: string[] = []
+  for (const event of ['connect', 'remove'] as const) app.pg.pool.on(event, () => events.push(event))
   const query = t.rejects(app.pg.query('select 1'), { code: 'FST_PG_POOL_CLOSED' })
   await connecting.promise
   const closing = app.pg.pool.close()
   await closing
   proceed.resolve()
   await query
+  t.same(events, [], "no 'connect' for a connection closed before it was ready (no 'remove' would follow)")
   await app.close()
   t.has(app.pg.stats(), { total: 0, idle: 0, active: 0, waiting: 0 })
 })
