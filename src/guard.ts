@@ -36,12 +36,7 @@ export function guardClient (
   /** Sees every statement before it is sent; returns the one to send, or throws to refuse it. */
   admit: (statement: unknown) => unknown,
   /** Told of every statement refused, and of every COMMIT whose outcome is unknown (to log them). */
-  notify: (error: Error) => void = noop,
-  /**
-   * Where a statement (not a cursor or stream: those need the client) goes instead of pg, when
-   * given: it then admits, times and codes it itself (a request's queue).
-   */
-  send?: (statement: unknown, values: unknown) => Promise<unknown>
+  notify: (error: Error) => void = noop
 ): GuardedClient {
   const { client } = conn
   const cursors: Submittable[] = []
@@ -49,14 +44,6 @@ export function guardClient (
     const first = args[0] as Partial<Submittable> | null | undefined
     const submittable = typeof first?.submit === 'function'
     let error: unknown = refusal()
-    const last = args[args.length - 1]
-    if (error === undefined && send !== undefined && !submittable) {
-      const callback = typeof last === 'function' ? last as (e: unknown, r?: unknown) => void : undefined
-      const sent = send(first, callback === undefined || args.length > 2 ? args[1] : undefined)
-      if (callback === undefined) return sent
-      sent.then((result) => callback(null, result), (e: unknown) => callback(e))
-      return undefined
-    }
     if (error === undefined) {
       try {
         args[0] = admit(first)
@@ -64,6 +51,7 @@ export function guardClient (
         error = refused
       }
     }
+    const last = args[args.length - 1]
     if (error === undefined) {
       if (submittable) {
         cursors.push(first as Submittable)
@@ -121,15 +109,20 @@ export function guardClient (
     },
     closeCursors (why) {
       for (const cursor of cursors.splice(0)) {
+        // Nobody can read it any more: an error nobody listens to would crash the process.
+        if (typeof cursor.on === 'function' && cursor.listenerCount?.('error') === 0) cursor.on('error', noop)
         if (queued(client, cursor)) {
-          unqueue(client, cursor, why)
-          continue
+          // Never sent: out of pg's queue, failed as pg fails what is queued when a client ends.
+          unqueue(client, cursor)
+          if (typeof cursor.handleError === 'function') cursor.handleError(why)
+        } else if (typeof cursor.destroy === 'function') {
+          // A stream: destroying it closes its cursor, or ends its COPY (a no-op once done).
+          cursor.destroy(why)
+        } else {
+          // A bare cursor: the reads awaited hear why, then it closes (a no-op once done).
+          failReads(cursor, why)
+          cursor.close?.(noop)
         }
-        // Whoever awaits a read hears why; then a stream's destroy() closes its cursor, a bare
-        // cursor has close(). Each does nothing once the cursor is done.
-        failReads(cursor, why)
-        if (typeof cursor.destroy === 'function') cursor.destroy(why)
-        else if (typeof cursor.close === 'function') cursor.close(noop)
       }
     }
   }

@@ -113,8 +113,10 @@ export interface Submittable {
   submit (...args: unknown[]): unknown
   destroy?: (error?: Error) => unknown
   close?: (callback: () => void) => unknown
-  /** pg's way of failing a query (typed loosely by its libraries). */
+  /** pg's way of failing a query that has not run: `handleError(error)` (typed loosely by its libraries). */
   handleError?: unknown
+  on?: (event: 'error', listener: () => void) => unknown
+  listenerCount?: (event: 'error') => number
 }
 
 /** Still waiting in pg's queue behind another query: not submitted, so it cannot be closed. */
@@ -122,14 +124,10 @@ export function queued (client: Client, submittable: Submittable): boolean {
   return internals(client)._queryQueue.includes(submittable)
 }
 
-/**
- * Takes a submittable pg has not sent out of its queue, and fails it with `error` the way pg
- * fails the queries still queued when its client ends (`handleError`): it is never sent.
- */
-export function unqueue (client: Client, submittable: Submittable, error: Error): void {
-  const c = internals(client)
-  c._queryQueue.splice(c._queryQueue.indexOf(submittable), 1)
-  if (typeof submittable.handleError === 'function') submittable.handleError(error, c.connection)
+/** Takes a submittable pg has not sent out of its queue: it is never sent. */
+export function unqueue (client: Client, submittable: Submittable): void {
+  const queue = internals(client)._queryQueue
+  queue.splice(queue.indexOf(submittable), 1)
 }
 
 /** A pg-cursor's reads waiting for rows (pg-query-stream's through its `cursor`). */

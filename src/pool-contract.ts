@@ -75,25 +75,14 @@ export abstract class PoolContract extends pg.Pool implements PgPoolLike {
   }
 
   override query (...args: unknown[]): any {
-    const [first, second, third] = args
+    const [first] = args
     if (typeof (first as Partial<Submittable> | null)?.submit === 'function') throw new PgSubmittableError()
-    // pg-pool's shapes: (text, values?, callback?), (text | config, callback?).
-    const callback = typeof second === 'function' ? second : third
-    const values = typeof second === 'function' ? undefined : second
     // A function in the statement's place is called back with the error, as pg-pool does.
     if (typeof first === 'function') {
       process.nextTick(first as QueryCallback, new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)'))
       return
     }
-    if (callback !== undefined && typeof callback !== 'function') {
-      throw new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)')
-    }
-    const result = this.run(first as string | PgQueryConfig, values as unknown[] | undefined)
-    if (callback === undefined) return result
-    result.then(
-      (res) => process.nextTick(callback as QueryCallback, undefined, res),
-      (error: Error) => process.nextTick(callback as QueryCallback, error)
-    )
+    return callStyle(args, (statement, values) => this.run(statement, values))
   }
 
   override end (): Promise<void>
@@ -106,6 +95,26 @@ export abstract class PoolContract extends pg.Pool implements PgPoolLike {
     if (callback === undefined) return this.#end
     this.#end.then(() => process.nextTick(callback), (error: Error) => process.nextTick(callback, error))
   }
+}
+
+/**
+ * pg's shapes of a statement's call, `(text, values?, callback?)` or `(config, callback?)`, run
+ * through `run`: its promise, or nothing when a callback takes the outcome (called from its own
+ * tick, as pg-pool calls it).
+ */
+export function callStyle (args: unknown[], run: (statement: string | PgQueryConfig, values: unknown[] | undefined) => Promise<QueryResult<any>>): Promise<QueryResult<any>> | undefined {
+  const [first, second, third] = args
+  const callback = typeof second === 'function' ? second : third
+  const values = typeof second === 'function' ? undefined : second
+  if (callback !== undefined && typeof callback !== 'function') {
+    throw new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)')
+  }
+  const result = run(first as string | PgQueryConfig, values as unknown[] | undefined)
+  if (callback === undefined) return result
+  result.then(
+    (res) => process.nextTick(callback as QueryCallback, undefined, res),
+    (error: Error) => process.nextTick(callback as QueryCallback, error)
+  )
 }
 
 /**

@@ -68,6 +68,8 @@ export class Pool extends PoolContract implements PgPool {
   readonly acquire: (options?: AcquireOptions) => Promise<Conn>
   /** @internal Takes back a connection from `acquire` (see checkin.ts). */
   readonly release: (conn: Conn, error?: unknown) => void
+  /** @internal How long a checkout may wait (`acquireTimeoutMs`). */
+  get acquireTimeoutMs (): number { return this.#opts.acquireTimeoutMs }
   /** @internal Leak detection is on: checkouts should bring an `origin`. */
   readonly leakDetection: boolean
   readonly #clock

@@ -134,7 +134,7 @@ export class RequestHandle implements Runner {
 
   /** @internal A pg.Pool view of `scope` (request.db or a transaction's db), told when the request ends. */
   poolOf (scope: RequestDb): RequestPool {
-    const view = new RequestPool(scope, this.#pool.options)
+    const view = new RequestPool(scope, this.#pool.options, this.#pool.acquireTimeoutMs)
     if (this.ended) view.abandon()
     else (this.#views ??= []).push(view)
     return view
@@ -240,17 +240,14 @@ export class RequestHandle implements Runner {
       conn,
       () => holds() ? this.#refusal(scope) : new PgRequestEndedError(),
       (error) => { if (error && holds()) conn.condemn('error') },
-      // Only cursors and streams reach pg from the client directly: inside the plugin's
-      // transactions one that is transaction control is refused (it cannot become a savepoint).
+      // Statements sent on the client directly are translated when they are handed to pg
+      // (interleaved with request.db.query() calls still queued, the order is pg's).
       (statement) => {
         const frames = this.#txs?.frames
-        if (frames !== undefined && frames.size > 0) frames.translate(statement, conn.client.getTransactionStatus())
-        return this.#pool.wire.admit(conn, statement)
+        const step = frames !== undefined && frames.size > 0 ? frames.translate(statement, conn.client.getTransactionStatus()) : undefined
+        return this.#pool.wire.admit(conn, step === undefined ? statement : step.statement)
       },
-      (error) => this.#warn(error),
-      // Its statements join the request's queue, in call order with request.db's, with the
-      // route's timeout and the plugin's translation: an ORM on this client keeps every guarantee.
-      (statement, values) => this.runIn(scope, statement as string | PgQueryConfig, values as unknown[] | undefined)
+      (error) => this.#warn(error)
     )
     this.#clients?.set(scope, guarded)
     return guarded

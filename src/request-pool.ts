@@ -1,8 +1,8 @@
 import type { PoolClient, PoolOptions, QueryResult } from 'pg'
 import type { RequestDb } from './db.js'
-import { PgDoubleReleaseError, PgReleasedError, PgRequestEndedError, refused } from './errors.js'
+import { PgAcquireTimeoutError, PgDoubleReleaseError, PgReleasedError, PgRequestEndedError, refused, withRetryAfter } from './errors.js'
 import type { PgQueryConfig } from './options.js'
-import { PoolContract } from './pool-contract.js'
+import { callStyle, PoolContract } from './pool-contract.js'
 
 interface Waiter { resolve: () => void, reject: (error: Error) => void }
 
@@ -17,8 +17,7 @@ interface Waiter { resolve: () => void, reject: (error: Error) => void }
  * library runs at once take turns instead of interleaving on the one connection (where one's
  * ROLLBACK would undo the other's work). `release()` ends a turn; the connection itself goes back
  * when the request ends, and `end()` ends nothing. Turns still awaited when the request ends
- * are refused (`FST_PG_REQUEST_ENDED`): a library that waits on the outer pool inside its own
- * transaction would otherwise wait forever.
+ * are refused (`FST_PG_REQUEST_ENDED`), and no turn is waited for longer than a checkout.
  */
 export class RequestPool extends PoolContract {
   readonly #db: RequestDb
@@ -26,12 +25,15 @@ export class RequestPool extends PoolContract {
   /** Somebody holds the client (a `connect()` not yet released, or a `query()` running). */
   #held = false
   readonly #waiting: Waiter[] = []
+  /** How long a turn may be waited for (`acquireTimeoutMs`). */
+  readonly #waitMs: number
   #over = false
 
-  constructor (db: RequestDb, options: PoolOptions) {
+  constructor (db: RequestDb, options: PoolOptions, waitMs: number) {
     super()
     this.#db = db
     this.options = options
+    this.#waitMs = waitMs
   }
 
   // One connection, never idle in this pool.
@@ -52,13 +54,15 @@ export class RequestPool extends PoolContract {
     return this.#lease(client)
   }
 
-  protected async run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined): Promise<QueryResult<any>> {
-    await this.#turn()
-    try {
-      return await this.#db.query(textOrConfig as string, values)
-    } finally {
-      this.#next()
+  protected run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined): Promise<QueryResult<any>> {
+    const start = (): Promise<QueryResult<any>> => {
+      const ran = this.#db.query(textOrConfig as string, values)
+      ran.then(() => this.#next(), () => this.#next())
+      return ran
     }
+    // (A free turn starts at once: in call order with db.query() calls made after it.)
+    const turn = this.#turn()
+    return turn === undefined ? start() : turn.then(start)
   }
 
   protected async shutdown (): Promise<void> {}
@@ -69,14 +73,28 @@ export class RequestPool extends PoolContract {
     for (const waiter of this.#waiting.splice(0)) waiter.reject(new PgRequestEndedError())
   }
 
-  /** Resolves when it is the caller's turn to hold the client. */
-  #turn (): Promise<void> {
+  /**
+   * The caller's turn to hold the client: now (undefined), or when the promise resolves. A wait
+   * is bounded as any checkout is (`acquireTimeoutMs`: a library that never releases, or one that
+   * waits for itself, gets a coded 503 instead of hanging its request).
+   */
+  #turn (): Promise<void> | undefined {
     if (this.#over) return refused(new PgRequestEndedError())
     if (!this.#held) {
       this.#held = true
-      return Promise.resolve()
+      return undefined
     }
-    return new Promise((resolve, reject) => this.#waiting.push({ resolve, reject }))
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve: () => { clearTimeout(timer); resolve() },
+        reject: (error) => { clearTimeout(timer); reject(error) }
+      }
+      const timer = setTimeout(() => {
+        this.#waiting.splice(this.#waiting.indexOf(waiter), 1)
+        reject(withRetryAfter(new PgAcquireTimeoutError(this.#waitMs), 1))
+      }, this.#waitMs)
+      this.#waiting.push(waiter)
+    })
   }
 
   /** The turn ended: the next waiter's begins. */
@@ -87,18 +105,24 @@ export class RequestPool extends PoolContract {
   }
 
   /**
-   * The request's client for one turn: `release()` ends the turn (once: twice throws
-   * FST_PG_DOUBLE_RELEASE; `release(err)` has the connection destroyed when the request ends),
-   * and after it the turn's statements are refused (FST_PG_RELEASED).
+   * The request's client for one turn. Its statements are `db`'s (the request's queue, in call
+   * order with `db.query()`, with the route's timeout, coded errors); a cursor or stream goes to
+   * the client itself. `release()` ends the turn (once: twice throws FST_PG_DOUBLE_RELEASE;
+   * `release(err)` has the connection destroyed when the request ends), and after it the turn's
+   * statements are refused (FST_PG_RELEASED).
    */
   #lease (client: PoolClient): PoolClient {
     let released = false
     const query = (...args: unknown[]): unknown => {
-      if (!released) return (client.query as (...a: unknown[]) => unknown)(...args)
+      const submittable = typeof (args[0] as { submit?: unknown } | null)?.submit === 'function'
+      if (!released) {
+        if (submittable) return (client.query as (...a: unknown[]) => unknown)(...args)
+        return callStyle(args, (statement, values) => this.#db.query(statement as string, values))
+      }
       const error = new PgReleasedError()
       const last = args[args.length - 1]
       if (typeof last === 'function') return process.nextTick(last as (e: Error) => void, error)
-      if (typeof (args[0] as { submit?: unknown } | null)?.submit === 'function') throw error
+      if (submittable) throw error
       return refused(error)
     }
     const release = (error?: Error | boolean): void => {
