@@ -130,7 +130,7 @@ export function unqueue (client: Client, submittable: Submittable): void {
   queue.splice(queue.indexOf(submittable), 1)
 }
 
-/** A pg-cursor's reads waiting for rows (pg-query-stream's through its `cursor`). */
+/** A pg-cursor's reads waiting for rows. */
 interface PendingReads { _cb: ((error: Error) => void) | null, _queue: Array<[number, (error: Error) => void]> }
 
 /**
@@ -139,8 +139,8 @@ interface PendingReads { _cb: ((error: Error) => void) | null, _queue: Array<[nu
  * whoever awaits them would wait forever.
  */
 export function failReads (submittable: Submittable, error: Error): void {
-  const cursor = ((submittable as { cursor?: unknown }).cursor ?? submittable) as Partial<PendingReads>
-  if (cursor._cb === undefined) return // not a pg-cursor (a COPY stream)
+  const cursor = submittable as Partial<PendingReads>
+  if (cursor._cb === undefined) return // not a pg-cursor: a cursor class of the user's
   const waiting = [cursor._cb, ...(cursor as PendingReads)._queue.splice(0).map(([, callback]) => callback)]
   cursor._cb = null
   for (const callback of waiting) callback?.(error)

@@ -349,9 +349,11 @@ export class RequestHandle implements Runner {
     const { conn } = state
     const frames = this.#txs?.frames
     const framed = frames !== undefined && frames.size > 0
-    if ((job.plan !== undefined || framed) && !conn.dead && busy(conn.client)) {
-      // The plugin's own control would wait forever behind a suspended cursor: a transaction's
-      // cursors end with it anyway.
+    // pg is still busy with what a `connection()` client handed it (a cursor, a COPY): the
+    // statement waits here rather than in pg's queue, where the end of an aborted request could
+    // no longer take it back. The plugin's own control would wait forever behind a suspended
+    // cursor: a transaction's cursors end with it anyway.
+    if (!conn.dead && !conn.stuck && busy(conn.client)) {
       if (job.plan !== undefined) {
         const why = new PgTransactionScopeError('The transaction this cursor or stream read in has ended')
         for (const guarded of this.#clients?.values() ?? []) guarded.closeCursors(why)

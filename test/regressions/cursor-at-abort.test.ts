@@ -10,6 +10,7 @@
  * taken out of pg's queue, never sent, and fails the same way; the connection is pooled again.
  */
 import t from 'tap'
+import pg from 'pg'
 import Cursor from 'pg-cursor'
 import QueryStream from 'pg-query-stream'
 import { Kysely, PostgresDialect, sql as ksql } from 'kysely'
@@ -86,4 +87,23 @@ t.test('a queued Kysely stream is not run after the abort, and the handler settl
   t.match(settled, /rejected: The statement was cancelled because its request ended/, 'the stream fails, as cancelled')
   await until(() => app.pg.stats().idle === 1, 'the connection is pooled again, not destroyed')
   t.same(app.pg.stats().destroyed, { ...app.pg.stats().destroyed, stuck: 0, error: 0 })
+})
+
+t.test("a cursor class of the user's (close() but not pg-cursor's insides) left open at the end: closed, nothing thrown", async (t) => {
+  const app = await buildApp(t, db, { max: 1 })
+  let closed = 0
+  class OwnCursor extends pg.Query {
+    close (callback: () => void): void {
+      closed++
+      callback()
+    }
+  }
+  app.get('/', async (req) => {
+    const client = await req.db.connection()
+    client.query(new OwnCursor('select 1 as n'))
+    return 'ok'
+  })
+  t.equal((await app.inject('/')).statusCode, 200)
+  await until(() => closed === 1, 'closed when the request ended')
+  t.equal((await app.pg.query('select 2 as n')).rows[0].n, 2, 'the pool goes on')
 })
