@@ -112,38 +112,23 @@ export class Checkin {
    * was handed and the server has taken the cancel, for at most `cancelGraceMs`. True when both
    * happened in time; false otherwise (the connection must then be closed).
    */
-  cancel (conn: Conn): Promise<boolean> {
+  async cancel (conn: Conn): Promise<boolean> {
     const started = performance.now()
     const grace = this.#opts.cancelGraceMs
     this.#counters.cancels++
     conn.cancelled = true
-    const { client } = conn
-    return new Promise((resolve) => {
-      let done = false
-      const finish = (ok: boolean, error?: unknown): void => {
-        if (done) return // (the grace ran out, then the cancel's own attempt failed)
-        done = true
-        clearTimeout(timer)
-        client.off('drain', drained)
-        client.off('end', drained)
-        if (ok) this.#counters.cancelsSettled++
-        else this.#log.debug({ err: error }, 'fastify-pg-pool: a cancelled statement did not stop within cancelGraceMs; destroying its connection')
-        if (channels.cancel.hasSubscribers) channels.cancel.publish({ pool: this.#owner, settled: ok, durationMs: performance.now() - started, error })
-        resolve(ok)
-      }
-      // Two things to wait for, in either order: the server took the cancel, and pg settled.
-      let waiting = 2
-      const arrived = (): void => { if (--waiting === 0) finish(true) }
-      const drained = (): void => {
-        client.off('drain', drained)
-        client.off('end', drained)
-        arrived()
-      }
-      const timer = setTimeout(() => finish(false), grace)
-      client.on('drain', drained)
-      client.on('end', drained)
-      cancelRequest(client, this.#opts.client.stream, grace).then(arrived, (error: unknown) => finish(false, error))
+    // Two things to wait for, in either order: pg settled, and the server took the cancel (one
+    // that could not be sent decides at once). Each is bounded by the grace.
+    const stopped = drained(conn.client, grace)
+    let error: unknown
+    const ok = await cancelRequest(conn.client, this.#opts.client.stream, grace).then(() => stopped, (e: unknown) => {
+      error = e
+      return false
     })
+    if (ok) this.#counters.cancelsSettled++
+    else this.#log.debug({ err: error }, 'fastify-pg-pool: a cancelled statement did not stop within cancelGraceMs; destroying its connection')
+    if (channels.cancel.hasSubscribers) channels.cancel.publish({ pool: this.#owner, settled: ok, durationMs: performance.now() - started, error })
+    return ok
   }
 }
 

@@ -30,6 +30,8 @@ export interface PoolQuery {
 /** A pg.Pool, as the libraries that take one see it (`request.db.pool`, and `fastify.pg.pool` beyond it). */
 export interface PgPoolLike extends Omit<PgPoolClass, 'query'>, PoolQuery {}
 
+const CALLBACK_LAST = 'query() takes the callback last: (text, values, callback) or (config, callback)'
+
 type ConnectCallback = (err: Error | undefined, client: PoolClient | undefined, done: (release?: any) => void) => void
 type QueryCallback = (err: Error | undefined, result?: QueryResult<any>) => void
 
@@ -79,7 +81,7 @@ export abstract class PoolContract extends pg.Pool implements PgPoolLike {
     if (typeof (first as Partial<Submittable> | null)?.submit === 'function') throw new PgSubmittableError()
     // A function in the statement's place is called back with the error, as pg-pool does.
     if (typeof first === 'function') {
-      process.nextTick(first as QueryCallback, new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)'))
+      process.nextTick(first as QueryCallback, new PgCallbackError(CALLBACK_LAST))
       return
     }
     return callStyle(args, (statement, values) => this.run(statement, values))
@@ -107,7 +109,7 @@ export function callStyle (args: unknown[], run: (statement: string | PgQueryCon
   const callback = typeof second === 'function' ? second : third
   const values = typeof second === 'function' ? undefined : second
   if (callback !== undefined && typeof callback !== 'function') {
-    throw new PgCallbackError('query() takes the callback last: (text, values, callback) or (config, callback)')
+    throw new PgCallbackError(CALLBACK_LAST)
   }
   const result = run(first as string | PgQueryConfig, values as unknown[] | undefined)
   if (callback === undefined) return result
