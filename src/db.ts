@@ -34,3 +34,24 @@ export interface RequestDb {
    */
   readonly pool: PgPoolLike
 }
+
+/**
+ * The names of your further databases, declared once so that `fastify.pg.<name>`,
+ * `request.dbs.<name>` and a route's `db` autocomplete, and an unknown name is a compile error:
+ * ```ts
+ * declare module 'fastify-pg-pool' {
+ *   interface PgDatabases { replica: true }
+ * }
+ * ```
+ */
+export interface PgDatabases {}
+
+/** A name declared in `PgDatabases`. */
+export type PgDatabaseName = keyof PgDatabases & string
+
+/**
+ * `request.dbs`: every database this request's route can reach, by name (`default` is the one
+ * registered without a name). Each is a `request.db` of its own: checked out on first use,
+ * always returned. The route's own database is `request.db` itself.
+ */
+export type PgRequestDbs = { readonly default: RequestDb } & { readonly [N in PgDatabaseName]: RequestDb }

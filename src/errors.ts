@@ -79,12 +79,29 @@ export const PgCallbackError: FastifyErrorConstructor<{ code: 'FST_PG_CALLBACK',
 )
 
 /**
- * The plugin was registered where `fastify.pg` already exists (registered twice, or after
- * @fastify/postgres): the second pool would replace or shadow the first.
+ * The plugin was registered where the database it would add already exists: a second one without
+ * `name` (or after @fastify/postgres), or a `name` already taken in this context or a parent.
  */
-export const PgAlreadyRegisteredError: FastifyErrorConstructor<{ code: 'FST_PG_ALREADY_REGISTERED', statusCode: 500 }, []> = createError(
+export const PgAlreadyRegisteredError: FastifyErrorConstructor<{ code: 'FST_PG_ALREADY_REGISTERED', statusCode: 500 }, [string]> = createError(
   'FST_PG_ALREADY_REGISTERED',
-  'fastify.pg already exists here: fastify-pg-pool (or @fastify/postgres) was registered before in this app or a parent context. Register fastify-pg-pool once, and remove @fastify/postgres if it is there',
+  '%s',
+  500
+)
+
+/** The message of `PgAlreadyRegisteredError` for a database registered without a name, or with `name`. */
+export function alreadyRegistered (name: string | undefined): Error {
+  return new PgAlreadyRegisteredError(name === undefined
+    ? 'fastify.pg already exists here: fastify-pg-pool (or @fastify/postgres) was registered before without a `name` in this app or a parent context. Give each further database a `name` (fastify.pg.<name>, request.dbs.<name>), and remove @fastify/postgres if it is there'
+    : `A database named \`${name}\` is already registered in this app or a parent context: give each database its own \`name\``)
+}
+
+/**
+ * A database was asked for by a name nothing registered where it was asked (`request.dbs.<name>`,
+ * `fastify.pg.<name>`), or the default one where only named databases are registered.
+ */
+export const PgUnknownDatabaseError: FastifyErrorConstructor<{ code: 'FST_PG_UNKNOWN_DATABASE', statusCode: 500 }, [string]> = createError(
+  'FST_PG_UNKNOWN_DATABASE',
+  '%s',
   500
 )
 

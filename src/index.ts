@@ -1,15 +1,14 @@
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest, onSendHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, onSendHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import pg from 'pg'
-import { PgAlreadyRegisteredError, PgInvalidOptionError, PgNotReadyError } from './errors.js'
-import { resolveOptions, type PgPoolOptions } from './options.js'
-import { Pool, type PgPool, type PoolStats } from './pool.js'
+import { addDatabase, checkNew, checkRoute, decorateRequests, DEFAULT, endTransaction, faceOf, shedBy, type Database, type PgDecorator } from './databases.js'
+import { alreadyRegistered, PgInvalidOptionError } from './errors.js'
+import { resolveOptions, type PgPoolOptions, type ResolvedOptions } from './options.js'
+import { Pool, type PgPool } from './pool.js'
 import { createPressure, registerPressure, type Pressure } from './pressure.js'
-import type { RequestDb } from './db.js'
-import { RequestHandle } from './request-db.js'
+import type { PgDatabaseName, PgRequestDbs, RequestDb } from './db.js'
 import { transactionOutside } from './outside.js'
-import type { TransactionOptions } from './transaction.js'
-import { routeSettings, setupRoute, type PgRouteConfig } from './route.js'
+import { setupRoute, type PgRouteConfig, type RouteSettings } from './route.js'
 
 export {
   PgAcquireTimeoutError,
@@ -33,6 +32,7 @@ export {
   PgTransactionEndedEarlyError,
   PgTransactionScopeError,
   PgUnavailableError,
+  PgUnknownDatabaseError,
   isConnectionError
 } from './errors.js'
 export type { PgPoolOptions, PgPoolPluginOptions, PgQueryConfig } from './options.js'
@@ -41,107 +41,126 @@ export type { PgPoolLike } from './pool-contract.js'
 export type { PoolCounters, Summary } from './metrics.js'
 export type { Pressure } from './pressure.js'
 export type { PgRouteConfig } from './route.js'
-export type { RequestDb } from './db.js'
+export type { PgDatabaseName, PgDatabases, PgRequestDbs, RequestDb } from './db.js'
+export type { PgDecorator } from './databases.js'
 export type { TransactionOptions } from './transaction.js'
-
-/** `fastify.pg` */
-export interface PgDecorator extends Pressure {
-  /** The pool behind `request.db`; `connect()` checks out a client for work outside a request. */
-  readonly pool: PgPool
-  /** One statement on a connection checked out for it alone (outside a request). */
-  readonly query: PgPool['query']
-  /** `pool.connect()`: a client for work outside a request, returned with `release()`. */
-  readonly connect: PgPool['connect']
-  /**
-   * Runs `fn` in a transaction outside a request (a job, a script): BEGIN at once, COMMIT when
-   * `fn` resolves, ROLLBACK when it throws. `fn` gets a `db` like `request.db` (nested
-   * `transaction()` calls and an ORM on `db.pool` make savepoints), refused once `fn` has
-   * settled; the connection goes back then.
-   */
-  transaction<T>(fn: (db: RequestDb) => Promise<T>, options?: TransactionOptions): Promise<T>
-  /**
-   * Connections and checkouts now, counters since start, and wait and hold times (p50, p90, p99,
-   * max) over the last minute. JSON-serialisable, never holds a secret.
-   */
-  stats (): PoolStats
-}
 
 declare module 'fastify' {
   interface FastifyContextConfig {
-    /** This route's database settings: shedding, a transaction around the handler, a statement timeout. */
+    /** This route's database settings: which database, shedding, a transaction around the handler, a statement timeout. */
     pgPool?: PgRouteConfig
   }
   interface FastifyRequest {
-    /** The request's database connection, checked out on first use and always returned. */
+    /** The route's database connection (the default database's unless `config.pgPool.db` names another), checked out on first use and always returned. */
     readonly db: RequestDb
+    /** Every database by name (`default`, and those declared in `PgDatabases`), each checked out on first use and always returned. */
+    readonly dbs: PgRequestDbs
   }
   interface FastifyInstance {
-    pg: PgDecorator
+    /** The default database; `fastify.pg.<name>` each named one. */
+    pg: PgDecorators
   }
 }
 
-const kReply = Symbol('fastify-pg-pool.reply')
-const kHandle = Symbol('fastify-pg-pool.handle')
+/** `fastify.pg`: the default database, with each named one (declared in `PgDatabases`) under its name. */
+export type PgDecorators = PgDecorator & { readonly [N in PgDatabaseName]: PgDecorator }
 
-interface Internals {
-  [kReply]: FastifyReply | null
-  [kHandle]: RequestHandle | null
+const kChain = Symbol('fastify-pg-pool.chain')
+
+/**
+ * What the registrations a context sees share: the hooks and decorations made by the first, one
+ * under-pressure fed by every database, and the routes whose database names are checked at ready.
+ */
+interface Chain {
+  readonly databases: Database[]
+  readonly pressure: Pressure
+  /** under-pressure was registered by the plugin (`'plugin'`), or is the app's (`'app'`). */
+  readonly underPressure: 'plugin' | 'app'
+  readonly routes: Array<{ scope: FastifyInstance, settings: RouteSettings, where: string }>
 }
+type Scope = FastifyInstance & { [kChain]?: Chain }
 
 const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
-  // Before anything else (under-pressure would be registered twice, and blamed).
-  if (fastify.hasDecorator('pg')) throw new PgAlreadyRegisteredError()
   const options = resolveOptions(opts, pg.Client)
-  if (options.underPressure !== false && fastify.hasDecorator('isUnderPressure')) {
-    throw new PgInvalidOptionError(
-      'underPressure',
-      'false when @fastify/under-pressure is already registered (then give it fastify.pg.healthCheck and fastify.pg.pressureHandler)',
-      'under-pressure options while it is registered'
-    )
+  const { name } = options
+  const scope = fastify as Scope
+  // Before anything else (under-pressure would be registered twice, and blamed).
+  // A fastify.pg not made here: @fastify/postgres.
+  if (scope[kChain] === undefined && fastify.hasDecorator('pg')) throw alreadyRegistered(undefined)
+  checkNew(fastify, name)
+  const chain = scope[kChain] ?? await wire(scope, options)
+  if (chain.underPressure === 'app' && options.underPressureGiven && options.underPressure !== false) {
+    throw new PgInvalidOptionError('underPressure', 'false or unset: the app registered @fastify/under-pressure itself, and gives it fastify.pg.healthCheck and fastify.pg.pressureHandler, which cover every database', 'under-pressure options')
   }
-  const pool = new Pool(options, fastify.log)
-  const pressure = options.underPressure === false
-    ? createPressure(pool, fastify.log)
-    : await registerPressure(fastify, pool, options.underPressure)
-
-  fastify.decorate('pg', {
+  if (chain.underPressure === 'plugin' && chain.databases.length > 0 && options.underPressure !== false && options.underPressureGiven) {
+    throw new PgInvalidOptionError('underPressure', 'false or unset: @fastify/under-pressure is registered once, with the options of the first database registered (put them there)', 'under-pressure options')
+  }
+  const pool = new Pool(options, name === undefined ? fastify.log : fastify.log.child({ db: name }))
+  const { pressure } = chain
+  const database: Database = {
+    name,
+    label: name ?? DEFAULT,
     pool,
-    query: pool.query.bind(pool),
-    connect: pool.connect.bind(pool) as PgPool['connect'],
-    transaction: (fn, options) => transactionOutside(pool, fastify.log, fn, options),
-    stats: () => pool.stats(),
-    healthCheck: pressure.healthCheck,
-    pressureHandler: pressure.pressureHandler
-  })
-  fastify.decorateRequest(kReply, null)
-  fastify.decorateRequest(kHandle, null)
-  fastify.decorateRequest('db', {
-    getter (this: FastifyRequest) {
-      const request = this as FastifyRequest & Internals
-      const reply = request[kReply]
-      if (reply === null) throw new PgNotReadyError()
-      if (request[kHandle] !== null) return request[kHandle]
-      const settings = routeSettings((request.routeOptions.config as { pgPool?: PgRouteConfig }).pgPool)
-      return (request[kHandle] = new RequestHandle(pool, request, reply.raw, settings))
+    sheds: chain.underPressure === 'app' || options.underPressure !== false,
+    decorator: {
+      pool,
+      query: pool.query.bind(pool),
+      connect: pool.connect.bind(pool) as PgPool['connect'],
+      transaction: (fn, options) => transactionOutside(pool, fastify.log, fn, options, name),
+      stats: () => pool.stats(),
+      healthCheck: pressure.healthCheck,
+      pressureHandler: pressure.pressureHandler
     }
-  })
-  // A transactional route commits (or rolls back) before its reply is sent.
-  const endTransaction: onSendHookHandler = async (request, reply, payload) => {
-    await (request as FastifyRequest & Internals)[kHandle]?.endTransaction(reply.statusCode < 400)
-    return payload
   }
-  fastify.addHook('onRoute', (route) => setupRoute(route, endTransaction))
-  // The handle needs the response to learn when the request ends; nothing else runs per request.
-  fastify.addHook('onRequest', (request, reply, done) => {
-    (request as FastifyRequest & Internals)[kReply] = reply
-    done()
-  })
+  addDatabase(fastify, database)
+  chain.databases.push(database)
   // preClose runs before Fastify waits for in-flight requests: the close deadline starts there.
   fastify.addHook('preClose', (done) => {
     pool.windDown()
     done()
   })
   fastify.addHook('onClose', () => pool.close())
+}
+
+/** The first registration a context sees: the decorations, the hooks, and under-pressure. */
+async function wire (scope: Scope, options: ResolvedOptions): Promise<Chain> {
+  if (options.underPressure !== false && scope.hasDecorator('isUnderPressure')) {
+    throw new PgInvalidOptionError(
+      'underPressure',
+      'false when @fastify/under-pressure is already registered (then give it fastify.pg.healthCheck and fastify.pg.pressureHandler)',
+      'under-pressure options while it is registered'
+    )
+  }
+  const databases: Database[] = []
+  const pressure = options.underPressure === false
+    ? createPressure(databases, shedBy, scope.log)
+    : await registerPressure(scope, databases, shedBy, options.underPressure)
+  const chain: Chain = { databases, pressure, underPressure: options.underPressure === false ? 'app' : 'plugin', routes: [] }
+  scope[kChain] = chain
+
+  scope.decorate('pg', { getter (this: FastifyInstance) { return faceOf(this) as unknown as PgDecorators } })
+  decorateRequests(scope)
+  // A transactional route commits (or rolls back) before its reply is sent.
+  const end: onSendHookHandler = async (request, reply, payload) => {
+    await endTransaction(request, reply.statusCode < 400)
+    return payload
+  }
+  scope.addHook('onRoute', function (this: FastifyInstance, route) {
+    const settings = setupRoute(route, end)
+    if (settings?.db !== undefined || settings?.fallback !== undefined) {
+      chain.routes.push({ scope: this, settings, where: `(route ${route.method.toString()} ${route.url})` })
+    }
+  })
+  // Every database is registered by now, in whatever order: the names routes gave must exist.
+  scope.addHook('onReady', (done) => {
+    try {
+      for (const { scope, settings, where } of chain.routes.splice(0)) checkRoute(scope, settings, where)
+      done()
+    } catch (error) {
+      done(error as Error)
+    }
+  })
+  return chain
 }
 
 /** The plugin: `fastify.register(pgPool, { connectionString, max, ... })`. */

@@ -2,9 +2,20 @@ import type { Client, ClientBase, ClientConfig, PoolConfig, QueryConfig } from '
 import type { FastifyUnderPressureOptions as UnderPressureOptions } from '@fastify/under-pressure'
 import { PgInvalidOptionError } from './errors.js'
 import { connectionParameters } from './pg-internals.js'
+import type { PgDatabaseName } from './db.js'
 
 /** Options of the plugin itself; pg's Client and pg-pool options are accepted beside them (`OPTIONS`). */
 export interface PgPoolPluginOptions {
+  /**
+   * Registers a further database (a read replica, a second database) under this name: then
+   * `fastify.pg.<name>`, `request.dbs.<name>`, and `request.db` on routes with
+   * `config: { pgPool: { db: '<name>' } }`. Without it, the database is the default one
+   * (`fastify.pg`, `request.db`). Declare the names once for the type checker:
+   * `declare module 'fastify-pg-pool' { interface PgDatabases { replica: true } }`.
+   * Letters, digits, `_` and `-`, starting with a letter.
+   * @default undefined (the default database)
+   */
+  name?: PgDatabaseName
   /**
    * A connection that sat idle in the pool at least this long is pinged (one empty-query round
    * trip) before it is handed out; a dead one is replaced without the caller noticing.
@@ -153,8 +164,18 @@ export interface ResolvedOptions {
   /** 0: off. */
   readonly leakDetectionMs: number
   readonly underPressure: UnderPressureOptions | false
+  /** `underPressure` was given (not the default). */
+  readonly underPressureGiven: boolean
+  /** `undefined`: the default database. */
+  readonly name: string | undefined
   readonly onConnect: ((client: ClientBase) => void | Promise<void>) | undefined
 }
+
+/**
+ * Names a database cannot take: `default` is the unnamed one's key in `request.dbs` and in a
+ * route's `db`, the others are members of `fastify.pg`, or of every object.
+ */
+export const RESERVED_NAMES = ['default', 'pool', 'query', 'connect', 'transaction', 'stats', 'healthCheck', 'pressureHandler', 'then', 'constructor', 'toJSON']
 
 /** Node's timers take at most 2^31 - 1 ms (24.8 days); a longer delay fires after 1 ms. */
 const MAX_MS = 2 ** 31 - 1
@@ -211,6 +232,8 @@ const client = <T>(kind: Kind<T>, fallback?: T): Spec<T> => ({ to: 'client', kin
  */
 export const OPTIONS = {
   // The plugin's own (PgPoolPluginOptions).
+  name: pool(kind<PgDatabaseName>(`a name of letters, digits, \`_\` and \`-\`, starting with a letter, and none of ${RESERVED_NAMES.map((n) => `\`${n}\``).join(', ')}`,
+    (v) => typeof v === 'string' && /^[A-Za-z][\w-]{0,62}$/.test(v) && !RESERVED_NAMES.includes(v) && !(v in Object.prototype))),
   pingIdleMs: pool(ms(0, true), 1000),
   pingTimeoutMs: pool(ms(1), 1000),
   acquireTimeoutMs: pool(ms(1), 2000),
@@ -288,7 +311,6 @@ export const REFUSED: Readonly<Record<string, string>> = {
   Promise: 'not supported: pg deprecates custom Promise implementations (gone in pg 9); the plugin uses native promises',
   native: "not supported as a flag: pass pg-native's client class as `Client`",
   pg: 'not supported: the plugin uses the pg it depends on; pass another client class as `Client`',
-  name: 'not supported yet: one database per registration for now (several named databases are planned)',
   connection: 'not supported: one Connection object cannot carry a pool of connections (`stream` takes a function)',
   replication: "not supported: a replication connection cannot run the pool's queries",
   poolSize: "pg-pool's old name for `max`: use `max`",
@@ -466,6 +488,8 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     pooling,
     leakDetectionMs: orOff(get('leakDetectionMs'), 0),
     underPressure: get('underPressure'),
+    underPressureGiven: has('underPressure'),
+    name: has('name') ? get('name') : undefined,
     onConnect: verify === undefined
       ? onConnect
       : async (c) => {

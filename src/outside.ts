@@ -17,12 +17,14 @@ export async function transactionOutside<T> (
   pool: Pool,
   log: FastifyBaseLogger,
   fn: (db: RequestDb) => Promise<T>,
-  options?: TransactionOptions
+  options?: TransactionOptions,
+  name?: string
 ): Promise<T> {
   const closed = new EventEmitter()
   // Ends as a reply that completed: statements it fired and forgot still run, then it goes back.
   const end = { writableEnded: true, once: (event: 'close', listener: () => void) => closed.once(event, listener) }
-  const handle = new RequestHandle(pool, { method: 'fastify.pg.transaction', routeOptions: { url: undefined }, log }, end, routeSettings(undefined))
+  const method = name === undefined ? 'fastify.pg.transaction' : `fastify.pg.${name}.transaction`
+  const handle = new RequestHandle(pool, { method, routeOptions: { url: undefined }, log }, end, routeSettings(undefined), { label: name })
   try {
     return await handle.transaction(fn, options)
   } finally {

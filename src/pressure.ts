@@ -2,15 +2,10 @@ import createError from '@fastify/error'
 import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { PgSaturatedError } from './errors.js'
-import type { Pool } from './pool.js'
+import type { Database } from './databases.js'
 
 type HealthCheck = NonNullable<FastifyUnderPressureOptions['healthCheck']>
 type PressureHandler = NonNullable<FastifyUnderPressureOptions['pressureHandler']>
-
-/** Route config: `{ config: { pgPool: { shedding: false } } }` keeps a route out of the shedding. */
-export interface PgRouteConfig {
-  shedding?: boolean
-}
 
 /** What `fastify.pg` offers to an under-pressure registered by the app itself. */
 export interface Pressure {
@@ -33,19 +28,27 @@ const DIAGNOSIS_EVERY_MS = 10_000
 const CHECK_INTERVAL_MS = 25
 
 /**
- * Pool saturation as under-pressure sees it: a health check that fails while the pool is
- * saturated, and a pressure handler that answers those requests with `FST_PG_SATURATED` and a
- * `Retry-After` from the measured rate of returns — unless the route opted out.
+ * The databases' saturation as under-pressure sees it: a health check that fails while one of
+ * them is saturated, and a pressure handler that answers the requests of the routes using a
+ * saturated one with `FST_PG_SATURATED` and a `Retry-After` from its measured rate of returns.
+ * `shedBy` says which saturated databases a request's route uses (none: it is served).
  */
-export function createPressure (pool: Pool, log: FastifyInstance['log'], userCheck?: HealthCheck, userHandler?: PressureHandler): Pressure {
-  /** Why the last check failed: the pool, or the app's own health check. */
+export function createPressure (
+  databases: readonly Database[],
+  shedBy: (request: FastifyRequest) => Database[] | undefined,
+  log: FastifyInstance['log'],
+  userCheck?: HealthCheck,
+  userHandler?: PressureHandler
+): Pressure {
+  /** Why the last check failed: a pool, or the app's own health check. */
   let cause: 'pool' | 'user' | undefined
-  let lastDiagnosis = -Infinity
+  const lastDiagnosis = new WeakMap<Database, number>()
 
-  const diagnose = (): void => {
+  const diagnose = (database: Database): void => {
     const now = Date.now()
-    if (now - lastDiagnosis < DIAGNOSIS_EVERY_MS) return
-    lastDiagnosis = now
+    if (now - (lastDiagnosis.get(database) ?? -Infinity) < DIAGNOSIS_EVERY_MS) return
+    lastDiagnosis.set(database, now)
+    const { pool } = database
     const byRoute: Record<string, number> = {}
     let oldest: { route: string, heldMs: number } | undefined
     for (const { holder, heldMs } of pool.busy()) {
@@ -54,6 +57,7 @@ export function createPressure (pool: Pool, log: FastifyInstance['log'], userChe
       if (oldest === undefined || heldMs > oldest.heldMs) oldest = { route, heldMs: Math.round(heldMs) }
     }
     log.warn({
+      ...(database.name === undefined ? {} : { db: database.name }),
       pool: pool.counts(),
       oldestWaitMs: Math.round(pool.oldestWaitMs()),
       checkedOutByRoute: byRoute,
@@ -67,28 +71,35 @@ export function createPressure (pool: Pool, log: FastifyInstance['log'], userChe
       cause = 'user'
       return false
     }
-    if (pool.saturated()) {
+    let saturated = false
+    for (const database of databases) {
+      if (database.sheds && database.pool.saturated()) {
+        saturated = true
+        diagnose(database)
+      }
+    }
+    if (saturated) {
       cause = 'pool'
-      diagnose()
       return false
     }
     cause = undefined
-    return { ...(typeof user === 'object' ? user : {}), pool: pool.counts() }
+    return { ...(typeof user === 'object' ? user : {}), ...countsOf(databases) }
   }
 
   // under-pressure sends what a pressure handler returns (its type declarations omit that).
   const pressureHandler = ((request: FastifyRequest, reply: FastifyReply, type: string, value: number | undefined) => {
     if (type === UNDER_PRESSURE_CHECK && cause === 'pool') {
-      const config = request.routeOptions.config as { pgPool?: PgRouteConfig }
       // under-pressure's verdict is as old as its last check: a pool that drained since serves.
-      if (config.pgPool?.shedding === false || !pool.saturated()) return
+      const by = shedBy(request)
+      if (by === undefined) return
       // The cheapest answer there is: under overload this runs for most requests, and every
       // microsecond spent here is taken from the requests being served. The body is Fastify's
       // error shape, built once; no error object, no stack, no serializer. The keep-alive
       // connection is closed: a client retrying in a tight loop pays a reconnect, and a load
       // balancer may send the retry to another instance (measured in bench/overload.ts).
-      const retryAfter = pool.retryAfter()
-      pool.shed(request, retryAfter)
+      let retryAfter = 0
+      for (const { pool } of by) retryAfter = Math.max(retryAfter, pool.retryAfter())
+      for (const { pool } of by) pool.shed(request, retryAfter)
       reply.code(503).header('retry-after', retryAfter).header('connection', 'close').type('application/json; charset=utf-8')
       return SATURATED_BODY
     }
@@ -98,6 +109,16 @@ export function createPressure (pool: Pool, log: FastifyInstance['log'], userChe
   return { healthCheck, pressureHandler }
 }
 
+/** What the health check (and under-pressure's status route) shows: the default's `pool`, and every database's in `pools` when there are named ones. */
+function countsOf (databases: readonly Database[]): object {
+  const counts: { pool?: object, pools?: Record<string, object> } = {}
+  for (const database of databases) {
+    if (database.name === undefined) counts.pool = database.pool.counts()
+    if (databases.length > 1 || database.name !== undefined) (counts.pools ??= {})[database.label] = database.pool.counts()
+  }
+  return counts
+}
+
 const UnderPressureError = createError('FST_UNDER_PRESSURE', 'Service Unavailable', 503)
 
 /**
@@ -105,13 +126,18 @@ const UnderPressureError = createError('FST_UNDER_PRESSURE', 'Service Unavailabl
  * (event loop, memory, the app's own health check) keeps under-pressure's behaviour: its own
  * pressure handler if one was given, else a 503 with its `retryAfter`.
  */
-export async function registerPressure (fastify: FastifyInstance, pool: Pool, options: FastifyUnderPressureOptions): Promise<Pressure> {
+export async function registerPressure (
+  fastify: FastifyInstance,
+  databases: readonly Database[],
+  shedBy: (request: FastifyRequest) => Database[] | undefined,
+  options: FastifyUnderPressureOptions
+): Promise<Pressure> {
   const retryAfter = options.retryAfter ?? 10
   const fallback: PressureHandler = options.pressureHandler ?? ((_request: FastifyRequest, reply: FastifyReply) => {
     reply.header('retry-after', retryAfter)
     return Promise.reject(new UnderPressureError())
   })
-  const pressure = createPressure(pool, fastify.log, options.healthCheck, fallback)
+  const pressure = createPressure(databases, shedBy, fastify.log, options.healthCheck, fallback)
   await fastify.register(underPressure, {
     healthCheckInterval: CHECK_INTERVAL_MS,
     ...options,
@@ -127,6 +153,7 @@ const POOL_STATS_SCHEMA = {
   type: 'object',
   properties: { total: count, idle: count, active: count, waiting: count }
 }
+const POOLS_SCHEMA = { type: 'object', additionalProperties: POOL_STATS_SCHEMA }
 
 /** The status route's response schema, extended so the pool's stats are not stripped from it. */
 function withPoolInStatus (route: FastifyUnderPressureOptions['exposeStatusRoute']): FastifyUnderPressureOptions['exposeStatusRoute'] {
@@ -136,6 +163,6 @@ function withPoolInStatus (route: FastifyUnderPressureOptions['exposeStatusRoute
   return {
     routeOpts: {},
     ...base,
-    routeResponseSchemaOpts: { pool: POOL_STATS_SCHEMA, ...base.routeResponseSchemaOpts }
+    routeResponseSchemaOpts: { pool: POOL_STATS_SCHEMA, pools: POOLS_SCHEMA, ...base.routeResponseSchemaOpts }
   }
 }

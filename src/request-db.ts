@@ -1,6 +1,9 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult } from 'pg'
 import {
+  PgAcquireTimeoutError,
+  PgQueueFullError,
+  PgUnavailableError,
   PgCallbackError,
   PgCancelledError,
   PgCommitUnknownError,
@@ -18,7 +21,7 @@ import type { RequestDb } from './db.js'
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
-import type { Pool } from './pool.js'
+import type { AcquireOptions, Pool } from './pool.js'
 import { Abandon } from './queue.js'
 import type { RouteSettings } from './route.js'
 import type { Clock } from './send.js'
@@ -42,6 +45,9 @@ type State =
   /** `running`: the statement of this request that is with pg (its callback has not come). */
   | { readonly kind: 'held', readonly conn: Conn, running: Job | undefined }
   | { readonly kind: 'released' }
+
+/** Checkout failures that say the database cannot serve now, where a fallback can. */
+const FALLS_BACK = [PgUnavailableError, PgAcquireTimeoutError, PgQueueFullError]
 
 const UNUSED: State = { kind: 'unused' }
 const RELEASED: State = { kind: 'released' }
@@ -75,12 +81,23 @@ function ended (response: Response): boolean {
   return response.destroyed === true || response.stream?.destroyed === true
 }
 
+interface HandleOptions {
+  /** The route's `fallback` database's pool. */
+  fallback?: Pool | undefined
+  /** The database's name, for a named one. */
+  label?: string | undefined
+}
+
 /**
  * `request.db`. Statements queue here and go to pg one at a time; the first one checks out the
  * connection. What happens between `query()` and the wire is `#send`.
  */
 export class RequestHandle implements Runner {
-  readonly #pool: Pool
+  /** The pool of its database; the fallback's once a checkout fell back to it. */
+  #pool: Pool
+  /** Where the first checkout goes if the database is down or saturated (the route's `fallback`). */
+  #fallback: Pool | undefined
+  readonly #settings: RouteSettings
   readonly #log: FastifyBaseLogger
   readonly #holder: Holder
   #state: State = UNUSED
@@ -98,15 +115,18 @@ export class RequestHandle implements Runner {
   #clients: Map<RequestDb, GuardedClient> | undefined
   #origin: Error | undefined
   /** Which statements carry the statement timeout, when one travels with them (see send.ts). */
-  readonly #clock: Clock | undefined
+  #clock: Clock | undefined
   /** `pool`, made on first use. */
   #view: RequestPool | undefined
   /** Every pg.Pool view of this request's dbs: none gives a turn after the end. */
   #views: RequestPool[] | undefined
 
-  constructor (pool: Pool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings) {
+  constructor (pool: Pool, request: Holder & { log: FastifyBaseLogger }, response: Response, settings: RouteSettings, { fallback, label }: HandleOptions = {}) {
     this.#pool = pool
-    this.#log = request.log
+    this.#fallback = fallback
+    this.#settings = settings
+    // A named database's lines say which one.
+    this.#log = label === undefined ? request.log : request.log.child({ db: label })
     this.#holder = request
     this.#clock = pool.wire.clock(settings.statementTimeoutMs)
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
@@ -293,7 +313,8 @@ export class RequestHandle implements Runner {
         const abandon = new Abandon()
         // The stack of the request's first use of request.db: the handler's line, for the leak warning.
         if (this.#pool.leakDetection) this.#origin ??= new Error('checked out here')
-        const checkout = this.#pool.acquire({ signal: abandon, log: this.#log, holder: this.#holder, origin: this.#origin })
+        const options = { signal: abandon, log: this.#log, holder: this.#holder, origin: this.#origin }
+        const checkout = this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
         this.#state = { kind: 'acquiring', checkout, abandon }
         checkout.then(
           // The pool checks the abort signal last thing before it resolves, and the request
@@ -332,6 +353,26 @@ export class RequestHandle implements Runner {
         }
         break
     }
+  }
+
+  /**
+   * The route's database, or its fallback when that one is saturated or its checkout fails for
+   * want of a connection (down, unreachable, saturated). The request stays on the one it got.
+   */
+  async #acquireOrFallBack (options: AcquireOptions & { signal: Abandon }): Promise<Conn> {
+    const fallback = this.#fallback as Pool
+    this.#fallback = undefined
+    if (!this.#pool.saturated() || fallback.saturated()) {
+      try {
+        return await this.#pool.acquire(options)
+      } catch (error) {
+        if (!FALLS_BACK.some((type) => error instanceof type) || options.signal.aborted) throw error
+        this.#log.debug({ err: error }, 'fastify-pg-pool: no connection to the route\'s database; falling back')
+      }
+    }
+    this.#pool = fallback
+    this.#clock = fallback.wire.clock(this.#settings.statementTimeoutMs)
+    return await fallback.acquire(options)
   }
 
   #giveBack (conn: Conn): void {

@@ -1,4 +1,5 @@
 import type { RouteOptions } from 'fastify'
+import type { PgDatabaseName } from './db.js'
 import { PgInvalidOptionError } from './errors.js'
 import { closest, OPTIONS } from './options.js'
 import { checkTransactionOptions, type TransactionOptions } from './transaction.js'
@@ -14,8 +15,24 @@ export interface PgRouteConfig {
    * `request.db.transaction()` inside it makes a savepoint.
    */
   transaction?: boolean | TransactionOptions
-  /** This route's statement timeout, instead of the plugin's `statementTimeoutMs`. */
+  /**
+   * This route's statement timeout, instead of the plugin's `statementTimeoutMs`, for every
+   * database the request uses.
+   */
   statementTimeoutMs?: number | false
+  /**
+   * The database `request.db` is on this route (and whose saturation sheds it): a `name` given at
+   * register, or `'default'`.
+   * @default 'default'
+   */
+  db?: PgDatabaseName | 'default'
+  /**
+   * Where `request.db` goes when `db` is down or saturated (its checkout failed with
+   * `FST_PG_UNAVAILABLE`, `FST_PG_ACQUIRE_TIMEOUT` or `FST_PG_QUEUE_FULL`): another database's
+   * name, usually `'default'` for a replica's routes. A read there may see writes the replica
+   * has not replayed yet, and the fallback takes the replica's load. Off when unset.
+   */
+  fallback?: PgDatabaseName | 'default'
 }
 
 /** A route's settings after validation, as the request handle reads them. */
@@ -24,17 +41,21 @@ export interface RouteSettings {
   readonly transaction: TransactionOptions | undefined
   /** The route's own statement timeout (0: none), when it has one. */
   readonly statementTimeoutMs: number | undefined
+  /** The database of `request.db` by name (`'default'`: the unnamed one); unset: the default. */
+  readonly db: string | undefined
+  /** The database `request.db` falls back to, by name. */
+  readonly fallback: string | undefined
 }
 
-const NONE: RouteSettings = { transaction: undefined, statementTimeoutMs: undefined }
+export const NONE: RouteSettings = { transaction: undefined, statementTimeoutMs: undefined, db: undefined, fallback: undefined }
 /**
  * Keyed by each route's own copy of its `config.pgPool`, made when the route was added: a config
  * object shared by several routes, or reaching a route this plugin never saw, has no entry.
  */
-const settingsOf = new WeakMap<PgRouteConfig, RouteSettings>()
+const settingsOf = new WeakMap<object, RouteSettings>()
 
 /** The settings of the route a request is on (validated when the route was added). */
-export function routeSettings (config: PgRouteConfig | undefined): RouteSettings {
+export function routeSettings (config: object | undefined): RouteSettings {
   if (config === undefined) return NONE
   const settings = settingsOf.get(config)
   // Its transaction hook could not be added: refuse rather than run it without one.
@@ -42,7 +63,12 @@ export function routeSettings (config: PgRouteConfig | undefined): RouteSettings
   return settings
 }
 
-const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs']
+/** The settings of a route, without failing: those of a route this plugin never saw are the defaults. */
+export function knownSettings (config: object | undefined): RouteSettings {
+  return (config === undefined ? undefined : settingsOf.get(config)) ?? NONE
+}
+
+const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs', 'db', 'fallback']
 
 const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && [Object.prototype, null].includes(Object.getPrototypeOf(v))
@@ -63,7 +89,7 @@ function show (value: unknown): string {
  * Validates a route's `config.pgPool` when the route is added (a typo fails at startup, not on
  * a request), and gives a transactional route the hook that ends its transaction.
  */
-export function setupRoute (route: RouteOptions, endTransaction: NonNullable<RouteOptions['onSend']>): void {
+export function setupRoute (route: RouteOptions, endTransaction: NonNullable<RouteOptions['onSend']>): RouteSettings | undefined {
   const where = `(route ${route.method.toString()} ${route.url})`
   // @fastify/postgres's route option would be ignored: the handler would run without the
   // transaction its author asked for.
@@ -72,7 +98,7 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
     throw new PgInvalidOptionError('pg', `unset: it is @fastify/postgres's route option; here a route runs in a transaction with \`config: { pgPool: { transaction: true } }\` ${where}`, show(foreign))
   }
   const config = (route.config as { pgPool?: unknown } | undefined)?.pgPool
-  if (config === undefined) return
+  if (config === undefined) return undefined
   const fail = (name: string, expected: string, value: unknown): never => {
     throw new PgInvalidOptionError(`config.pgPool${name}`, `${expected} ${where}`, show(value))
   }
@@ -85,7 +111,7 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
   }
   if (!isObject(config)) return fail('', 'an object', config)
   known(config, ROUTE_KEYS, '')
-  const { shedding, transaction, statementTimeoutMs } = config as PgRouteConfig
+  const { shedding, transaction, statementTimeoutMs, db, fallback } = config as PgRouteConfig
   if (shedding !== undefined && typeof shedding !== 'boolean') fail('.shedding', 'true or false', shedding)
   let begin: TransactionOptions | undefined
   if (transaction === true) begin = {}
@@ -97,15 +123,27 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
   if (statementTimeoutMs !== undefined && !OPTIONS.statementTimeoutMs.kind.test(statementTimeoutMs)) {
     fail('.statementTimeoutMs', OPTIONS.statementTimeoutMs.kind.expected, statementTimeoutMs)
   }
+  // (Whether a database of that name is registered is known when the app is ready: see databases.ts.)
+  if (db !== undefined && !isName(db)) fail('.db', "a database's name (its `name` at register), or 'default'", db)
+  if (fallback !== undefined) {
+    if (!isName(fallback)) fail('.fallback', "a database's name (its `name` at register), or 'default'", fallback)
+    if ((db ?? 'default') === fallback) fail('.fallback', `another database than the route's own (\`db\` is ${show(db ?? 'default')})`, fallback)
+  }
   const own: PgRouteConfig = { ...config }
   route.config = { ...route.config, pgPool: own }
-  settingsOf.set(own, {
+  const settings: RouteSettings = {
     transaction: begin,
-    statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeoutMs || 0
-  })
+    statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeoutMs || 0,
+    db,
+    fallback
+  }
+  settingsOf.set(own, settings)
   if (begin !== undefined) {
     // After the route's own onSend hooks: they may still change the status.
     const own: unknown[] = route.onSend === undefined ? [] : [route.onSend].flat()
     route.onSend = [...own, endTransaction] as typeof route.onSend
   }
+  return settings
 }
+
+const isName = (value: unknown): value is string => typeof value === 'string' && value !== ''

@@ -129,7 +129,14 @@ const pgCases: Array<[Record<string, unknown>, RegExp]> = [
   [{ Client: class {} }, /`Client`.*connect, query, end and on/],
   [{ Client: () => {} }, /`Client`.*a class like pg\.Client/],
   [{ pooling: false, min: 1 }, /`min`.*0 when pooling is false/],
-  [{ statementTimeoutMs: 100, statement_timeout: 100 }, /`statement_timeout`.*unset when statementTimeoutMs is given/]
+  [{ statementTimeoutMs: 100, statement_timeout: 100 }, /`statement_timeout`.*unset when statementTimeoutMs is given/],
+  [{ name: '' }, /`name`.*a name of letters/],
+  [{ name: 'read replica' }, /`name`.*a name of letters/],
+  [{ name: '1st' }, /`name`.*starting with a letter/],
+  [{ name: 'default' }, /`name`.*none of `default`/],
+  [{ name: 'query' }, /`name`.*`query`/],
+  [{ name: 'hasOwnProperty' }, /`name`/],
+  [{ name: 42 }, /`name`.*got `42` \(number\)/]
 ]
 
 // Keys pg or pg-pool accept that the plugin does not support: refused with the reason.
@@ -138,7 +145,6 @@ const refusedCases: Array<[Record<string, unknown>, RegExp]> = [
   [{ Promise }, /`Promise`.*unset \(not supported: pg deprecates custom Promise/],
   [{ native: true }, /`native`.*pg-native's client class as `Client`/],
   [{ pg: {} }, /`pg`.*not supported/],
-  [{ name: 'primary' }, /`name`.*not supported yet/],
   [{ connection: {} }, /`connection`.*not supported/],
   [{ replication: 'database' }, /`replication`.*not supported/],
   [{ poolSize: 5 }, /`poolSize`.*use `max`/],
