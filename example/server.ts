@@ -1,6 +1,8 @@
 /**
  * A small notes API on fastify-pg-pool: `npm start`.
- * Uses DATABASE_URL when set; otherwise starts an embedded PostgreSQL for the session.
+ * Uses DATABASE_URL when set; otherwise starts an embedded PostgreSQL for the session. With
+ * REPLICA_URL set too (a read replica of that database), the note list is read from the replica,
+ * falling back to the primary while the replica is down.
  */
 import Fastify from 'fastify'
 import pgPool from 'fastify-pg-pool'
@@ -14,6 +16,14 @@ const database = process.env.DATABASE_URL
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'info' } })
 await app.register(pgPool, { connectionString: database.url, max: 10 })
+const replicaUrl = process.env.REPLICA_URL
+if (replicaUrl !== undefined && replicaUrl !== '') await app.register(pgPool, { name: 'replica', connectionString: replicaUrl, max: 10 })
+// The list is read from the replica when there is one, from the primary when it is down.
+const readRoute = replicaUrl === undefined || replicaUrl === '' ? {} : { config: { pgPool: { db: 'replica' as const, fallback: 'default' as const } } }
+
+declare module 'fastify-pg-pool' {
+  interface PgDatabases { replica: true }
+}
 
 await app.pg.query(`
   create table if not exists notes (
@@ -43,6 +53,7 @@ const noteSchema = {
 }
 
 app.get('/notes', {
+  ...readRoute,
   schema: { response: { 200: { type: 'array', items: noteSchema } } }
 }, async (req) => {
   const { rows } = await req.db.query<Note>(`
@@ -93,7 +104,7 @@ app.post<{ Body: { title: string, body?: string, tags?: string[] } }>('/notes', 
 })
 
 app.get('/health', async () => ({ ok: true, pool: app.pg.stats() }))
-await metrics(app)
+await metrics(app, readRoute.config === undefined ? { default: app.pg } : { default: app.pg, replica: app.pg.replica })
 
 const port = Number(process.env.PORT ?? 3000)
 const address = await app.listen({ port, host: process.env.HOST ?? '127.0.0.1' })

@@ -129,10 +129,14 @@ export function findDatabase (scope: FastifyInstance, name: string | undefined):
   return (face[name] as { [kDatabase]?: Database })[kDatabase]
 }
 
+/**
+ * The database of a route (its `db` or `fallback`, or the default one): a name a route gives was
+ * checked when the app got ready, so only the default one can be missing here.
+ */
 function databaseNamed (scope: FastifyInstance, name: string | undefined): Database {
   const database = findDatabase(scope, name)
-  if (database !== undefined) return database
-  throw name === undefined || name === DEFAULT ? noDefault() : unknownName(name)
+  if (database === undefined) throw noDefault()
+  return database
 }
 
 /** Every database seen in a context, the default one first. */
@@ -156,8 +160,9 @@ export function checkRoute (scope: FastifyInstance, settings: RouteSettings, whe
   for (const key of ['db', 'fallback'] as const) {
     const name = settings[key]
     if (name !== undefined && findDatabase(scope, name) === undefined) {
+      // (The context sees one at least: the registration that added the hook that saw the route.)
       const known = databasesOf(scope).map((d) => `\`${d.label}\``)
-      throw new PgInvalidOptionError(`config.pgPool.${key}`, `the name of a database registered in this context or a parent (${known.length === 0 ? 'none is' : `${known.join(', ')} ${known.length === 1 ? 'is' : 'are'}`}) ${where}`, `\`${name}\``)
+      throw new PgInvalidOptionError(`config.pgPool.${key}`, `the name of a database registered in this context or a parent (${known.join(', ')} ${known.length === 1 ? 'is' : 'are'}) ${where}`, `\`${name}\``)
     }
   }
 }
@@ -264,17 +269,16 @@ export function shedBy (request: FastifyRequest): Database[] | undefined {
   const config = request.routeOptions.config as { pgPool?: { shedding?: unknown } }
   if (config.pgPool?.shedding === false) return undefined
   const settings = knownSettings(config.pgPool)
-  let found: Database[] | undefined
+  const found = new Set<Database>()
   const own = findDatabase(request.server, settings.db)
   if (saturated(own)) {
     const fallback = settings.fallback === undefined ? undefined : findDatabase(request.server, settings.fallback)
-    if (fallback === undefined) found = [own]
-    else if (saturated(fallback)) found = [own, fallback]
+    if (fallback === undefined || saturated(fallback)) found.add(own).add(fallback ?? own)
   }
   for (const database of alsoUses.get(config) ?? []) {
-    if (saturated(database) && found?.includes(database) !== true) (found ??= []).push(database)
+    if (saturated(database)) found.add(database)
   }
-  return found
+  return found.size === 0 ? undefined : [...found]
 }
 
 export { DEFAULT }

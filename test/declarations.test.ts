@@ -31,6 +31,15 @@ export async function main (): Promise<void> {
     const id: number | undefined = result.rows[0]?.id
     return { id }
   })
+  await app.register(pgPool, { name: 'replica', connectionString: 'postgres://replica/app' })
+  app.get('/feed', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (request) => {
+    const feed: QueryResult = await request.db.query('select 1')
+    const main: QueryResult = await request.dbs.default.query('select 1')
+    const same: QueryResult = await request.dbs.replica.query('select 1')
+    return { n: feed.rowCount, m: main.rowCount, s: same.rowCount }
+  })
+  const replicaStats: PoolStats = app.pg.replica.stats()
+  console.log(replicaStats)
   const client: PoolClient = await app.pg.pool.connect()
   client.release()
   const stats: PoolStats = app.pg.stats()
@@ -55,6 +64,10 @@ export async function main (): Promise<void> {
 const imports = `import Fastify from 'fastify'
 import type { PoolClient, QueryResult } from 'pg'
 import pgPool, { PgAcquireTimeoutError, PgConnectionLostError, type PoolStats } from 'fastify-pg-pool'
+
+declare module 'fastify-pg-pool' {
+  interface PgDatabases { replica: true }
+}
 `
 
 interface Setup {

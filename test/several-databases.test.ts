@@ -10,7 +10,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
-import { closedPort } from './helpers/net.js'
+import { closedPort, silentServer } from './helpers/net.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred, listen, logLines, send, until } from './helpers/util.js'
 
@@ -336,4 +336,78 @@ t.test('the status route shows every database', async (t) => {
   await app.ready()
   const body = (await app.inject('/status')).json()
   t.match(body, { status: 'ok', pool: { total: 0 }, pools: { default: { total: 0 }, replica: { total: 0 } } })
+})
+
+t.test('a typo in a route\'s db where only named databases are registered: the error lists them', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(pgPool, { name: 'replica', connectionString: otherUrl })
+  app.get('/x', { config: { pgPool: { db: 'replcia' as 'replica' } } }, async () => 'x')
+  await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_INVALID_OPTION', message: /\(`replica` is\) \(route GET \/x\), got `replcia`/ })
+})
+
+t.test('request.dbs in a hook that runs before the plugin\'s: FST_PG_NOT_READY', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.addHook('onRequest', async (req) => { await req.dbs.replica.query('select 1') })
+  await app.register(pgPool, { connectionString: db.url })
+  await app.register(pgPool, { name: 'replica', connectionString: otherUrl })
+  app.get('/', async () => 'x')
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 500)
+  t.equal(res.json().code, 'FST_PG_NOT_READY')
+})
+
+t.test('a route with a fallback is shed when both its databases are saturated', async (t) => {
+  const app = await build(t, { max: 1, maxWaiting: 0, acquireTimeoutMs: 5000 }, { max: 1, maxWaiting: 0, acquireTimeoutMs: 5000 })
+  const release = deferred()
+  let holding = 0
+  const hold = async (req: { db: { query: (text: string) => Promise<unknown> } }): Promise<string> => {
+    await req.db.query('select 1')
+    holding++
+    await release.promise
+    return 'held'
+  }
+  app.get('/hold-main', async (req) => await hold(req))
+  app.get('/hold-replica', { config: { pgPool: { db: 'replica' } } }, async (req) => await hold(req))
+  app.get('/fallback', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => nameOf(await req.db.query(current)))
+  await app.ready()
+  const held = [app.inject('/hold-replica')]
+  await until(() => holding === 1, 'the replica is held')
+  await until(() => app.isUnderPressure(), 'the replica is saturated')
+  t.equal((await app.inject('/fallback')).body, mainName, 'one saturated: falls back')
+  held.push(app.inject('/hold-main'))
+  await until(() => holding === 2, 'the default database is held too')
+  const res = await app.inject('/fallback')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_PG_SATURATED')
+  release.resolve()
+  for (const h of held) t.equal((await h).statusCode, 200)
+})
+
+t.test('under-pressure registered by the app: a later database given under-pressure options is refused', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(pgPool, { connectionString: db.url, underPressure: false })
+  app.register(pgPool, { name: 'replica', connectionString: otherUrl, underPressure: { maxEventLoopDelay: 1000 } })
+  await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_INVALID_OPTION', message: /underPressure.*the app registered @fastify\/under-pressure itself/ })
+})
+
+t.test('a request that ends while its checkout on the route database waits does not fall back', async (t) => {
+  const silent = await silentServer(t)
+  const app = await build(t, {}, { connectionString: `postgres://postgres:postgres@127.0.0.1:${silent}/postgres`, acquireTimeoutMs: 2000 })
+  const waiting = deferred()
+  app.get('/fallback', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => {
+    const result = req.db.query(current)
+    waiting.resolve()
+    return nameOf(await result)
+  })
+  const base = await listen(app)
+  const sent = send(base + '/fallback')
+  await waiting.promise
+  await until(() => app.pg.replica.stats().total === 1, 'the replica checkout is opening a connection')
+  sent.req.destroy()
+  await until(() => app.pg.replica.stats().total === 0, 'the checkout was abandoned')
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal(app.pg.stats().acquires, 0, 'no checkout on the fallback database')
 })

