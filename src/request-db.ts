@@ -1,9 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, QueryResult } from 'pg'
 import {
-  PgAcquireTimeoutError,
-  PgQueueFullError,
-  PgUnavailableError,
   PgCallbackError,
   PgCancelledError,
   PgCommitUnknownError,
@@ -18,6 +15,7 @@ import {
   withRetryAfter
 } from './errors.js'
 import type { RequestDb } from './db.js'
+import { acquireOrFallBack } from './fallback.js'
 import { guardClient, type GuardedClient } from './guard.js'
 import type { Conn, Holder } from './conn.js'
 import type { PgQueryConfig } from './options.js'
@@ -45,9 +43,6 @@ type State =
   /** `running`: the statement of this request that is with pg (its callback has not come). */
   | { readonly kind: 'held', readonly conn: Conn, running: Job | undefined }
   | { readonly kind: 'released' }
-
-/** Checkout failures that say the database cannot serve now, where a fallback can. */
-const FALLS_BACK = [PgUnavailableError, PgAcquireTimeoutError, PgQueueFullError]
 
 const UNUSED: State = { kind: 'unused' }
 const RELEASED: State = { kind: 'released' }
@@ -355,24 +350,16 @@ export class RequestHandle implements Runner {
     }
   }
 
-  /**
-   * The route's database, or its fallback when that one is saturated or its checkout fails for
-   * want of a connection (down, unreachable, saturated). The request stays on the one it got.
-   */
+  /** The route's database, or its fallback (see fallback.ts): the request goes on where it got its connection. */
   async #acquireOrFallBack (options: AcquireOptions & { signal: Abandon }): Promise<Conn> {
     const fallback = this.#fallback as Pool
     this.#fallback = undefined
-    if (!this.#pool.saturated() || fallback.saturated()) {
-      try {
-        return await this.#pool.acquire(options)
-      } catch (error) {
-        if (!FALLS_BACK.some((type) => error instanceof type) || options.signal.aborted) throw error
-        this.#log.debug({ err: error }, 'fastify-pg-pool: no connection to the route\'s database; falling back')
-      }
+    const got = await acquireOrFallBack(this.#pool, fallback, options, this.#log)
+    if (got.pool === fallback) {
+      this.#pool = fallback
+      this.#clock = fallback.wire.clock(this.#settings.statementTimeoutMs)
     }
-    this.#pool = fallback
-    this.#clock = fallback.wire.clock(this.#settings.statementTimeoutMs)
-    return await fallback.acquire(options)
+    return got.conn
   }
 
   #giveBack (conn: Conn): void {

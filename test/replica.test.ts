@@ -164,12 +164,19 @@ t.test('the replica not answering (blackholed): coded 503 within the acquire dea
   t.equal((await get(`${base}/feed`)).status, 200)
   proxy.blackhole()
   proxy.retarget(await silentServer(t))
-  const [reads, writes] = await Promise.all([
+  const [reads, fallbacks, writes] = await Promise.all([
     load(4, 2500, () => get(`${base}/feed`)),
+    load(4, 2500, () => get(`${base}/feed-or-primary`)),
     load(4, 2500, (i) => write(base, `blackholed ${i}`))
   ])
   t.comment(`replica route, replica blackholed (acquireTimeoutMs 1000): ${describe(reads)}`)
+  t.comment(`fallback route, replica blackholed: ${describe(fallbacks)}`)
   t.comment(`primary route, replica blackholed: ${describe(writes)}`)
+  t.ok(fallbacks.length > 0 && fallbacks.every((o) => o.status === 200 && o.body.replica === false), 'fallback route: 200 from the primary')
+  // The requests in flight when it stopped answering wait out their deadline (4 clients); after
+  // that, one request a second tries the replica again, and the others skip it.
+  const slow = fallbacks.filter((o) => o.ms >= 900).length
+  t.ok(slow <= 4 + Math.ceil(2500 / 1000), `fallback requests that waited for the replica: ${slow} of ${fallbacks.length}`)
   t.ok(reads.length > 0 && reads.every((o) => o.status === 503 && /^FST_PG_(ACQUIRE_TIMEOUT|QUEUE_FULL|SATURATED|UNAVAILABLE)$/.test(o.code ?? '')), 'replica route: coded 503s')
   t.ok(reads.every((o) => o.ms < 1000 + 500), 'each within the acquire deadline (and some slack)')
   t.ok(writes.length > 0 && writes.every((o) => o.status === 200), 'primary route: 200')

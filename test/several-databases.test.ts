@@ -411,3 +411,27 @@ t.test('a request that ends while its checkout on the route database waits does 
   await new Promise((resolve) => setTimeout(resolve, 100))
   t.equal(app.pg.stats().acquires, 0, 'no checkout on the fallback database')
 })
+
+t.test('a route with a fallback skips a database that failed it for a second, then one request tries it again', async (t) => {
+  const silent = await silentServer(t)
+  const app = await build(t, {}, { connectionString: `postgres://postgres:postgres@127.0.0.1:${silent}/postgres`, acquireTimeoutMs: 300 })
+  app.get('/fallback', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => nameOf(await req.db.query(current)))
+  await app.ready()
+  const timed = async (): Promise<number> => {
+    const started = performance.now()
+    const res = await app.inject('/fallback')
+    t.equal(res.body, mainName)
+    return performance.now() - started
+  }
+  t.ok(await timed() >= 290, 'the first request waits out the replica\'s deadline')
+  const acquires = app.pg.replica.stats().acquireTimeouts
+  t.ok(await timed() < 250, 'the next one skips it')
+  t.equal(app.pg.replica.stats().acquireTimeouts, acquires, 'without a checkout on the replica')
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  // A second later, one request tries the replica again; those arriving meanwhile skip it.
+  const probe = timed()
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.ok(await timed() < 250, 'a request during the retry skips it')
+  t.ok(await probe >= 290, 'the retry waits out the deadline')
+  t.equal(app.pg.replica.stats().acquireTimeouts, acquires + 1)
+})
