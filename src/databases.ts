@@ -40,8 +40,6 @@ export interface Database {
   readonly pool: Pool
   /** `fastify.pg` for the default one, `fastify.pg.<name>` for the others. */
   readonly decorator: PgDecorator
-  /** Its saturation sheds the routes that use it. */
-  readonly sheds: boolean
 }
 
 /*
@@ -60,29 +58,16 @@ const MEMBERS = ['pool', 'query', 'connect', 'transaction', 'stats', 'healthChec
 type Face = Record<string | symbol, unknown> & { [kDefault]?: Database }
 type Scope = FastifyInstance & { [kFace]?: Face }
 
-const unknownName = (name: string): Error => new PgUnknownDatabaseError(
-  `No database named \`${name}\` is registered in this context: register fastify-pg-pool with \`name: '${name}'\` here or in a parent context (and declare it in PgDatabases for the type checker)`
-)
 const noDefault = (): Error => new PgUnknownDatabaseError(
   'No default database is registered in this context, only named ones: register fastify-pg-pool without `name`, or name the database (fastify.pg.<name>, request.dbs.<name>, a route\'s config.pgPool.db)'
 )
 
-/** Read by JavaScript itself, test runners and loggers on any object: never a database. */
-const INCIDENTAL = new Set(['then', 'toJSON', 'inspect', 'asymmetricMatch', 'nodeType', '$$typeof'])
-
 /**
- * The end of every face's and `request.dbs`' prototype chain: an unknown name is a coded error,
- * not `undefined` (a typo in JavaScript would read "cannot read properties of undefined").
+ * The top of every face's prototype chain: a context with named databases only, whose default
+ * members fail with a coded error. (An unknown name is `undefined`, as on any object: Node's own
+ * inspection reads properties no one declared.)
  */
-const UNKNOWN: object = new Proxy(Object.prototype, {
-  get (target, key, receiver) {
-    if (typeof key === 'symbol' || key in target || INCIDENTAL.has(key)) return Reflect.get(target, key, receiver)
-    throw unknownName(key)
-  }
-})
-
-/** A context with named databases only: the default's members fail with a coded error. */
-const NO_DEFAULT: Face = Object.create(UNKNOWN)
+const NO_DEFAULT: Face = Object.create(Object.prototype)
 for (const member of MEMBERS) Object.defineProperty(NO_DEFAULT, member, { get: () => { throw noDefault() } })
 
 function isInstance (value: unknown): value is Scope {
@@ -103,14 +88,29 @@ export function faceOf (scope: FastifyInstance): Face {
   return (scope as Scope)[kFace] ?? NO_DEFAULT
 }
 
-/** Fails if a database of this name (or a default one) is already seen in this context. */
+const kRegistered = Symbol('fastify-pg-pool.registered')
+/** Every database registered in an app, and where: kept on the app's root instance. */
+type Registered = Array<{ readonly scope: object, readonly name: string | undefined }>
+
+function registeredIn (scope: FastifyInstance): Registered {
+  let root: object = scope
+  for (let parent: unknown = Object.getPrototypeOf(root); isInstance(parent); parent = Object.getPrototypeOf(parent)) root = parent
+  const holder = root as { [kRegistered]?: Registered }
+  return (holder[kRegistered] ??= [])
+}
+
+/**
+ * Fails if a database of this name (or a default one) is registered in this context, a parent
+ * or a child (whichever came first): one would shadow the other. Siblings may share a name.
+ */
 export function checkNew (scope: FastifyInstance, name: string | undefined): void {
-  const face = faceOf(scope)
-  if (name === undefined ? face[kDefault] !== undefined : name in face) throw alreadyRegistered(name)
+  const related = (other: object): boolean => other === scope || Object.prototype.isPrototypeOf.call(other, scope) || Object.prototype.isPrototypeOf.call(scope, other)
+  if (registeredIn(scope).some((entry) => entry.name === name && related(entry.scope))) throw alreadyRegistered(name)
 }
 
 /** Adds a database to the context it was registered in (`checkNew` said it was new). */
 export function addDatabase (scope: FastifyInstance, database: Database): void {
+  registeredIn(scope).push({ scope, name: database.name })
   const face = ownFace(scope as Scope)
   if (database.name === undefined) {
     face[kDefault] = database
@@ -125,8 +125,8 @@ export function addDatabase (scope: FastifyInstance, database: Database): void {
 export function findDatabase (scope: FastifyInstance, name: string | undefined): Database | undefined {
   const face = faceOf(scope)
   if (name === undefined || name === DEFAULT) return face[kDefault]
-  if (RESERVED_NAMES.includes(name) || !(name in face)) return undefined
-  return (face[name] as { [kDatabase]?: Database })[kDatabase]
+  if (RESERVED_NAMES.includes(name)) return undefined
+  return (face[name] as { [kDatabase]?: Database } | undefined)?.[kDatabase]
 }
 
 /**
@@ -211,21 +211,31 @@ function requestDb (request: Req): RequestHandle {
   if (reply === null) throw new PgNotReadyError()
   const settings = routeSettings((request.routeOptions.config as { pgPool?: object }).pgPool)
   const database = databaseNamed(request.server, settings.db)
-  const fallback = settings.fallback === undefined ? undefined : databaseNamed(request.server, settings.fallback).pool
-  return (request[kHandle] = new RequestHandle(database.pool, request, reply.raw, settings, { fallback, label: database.name }))
+  const fallback = settings.fallback === undefined ? undefined : databaseNamed(request.server, settings.fallback)
+  return (request[kHandle] = new RequestHandle(database.pool, request, reply.raw, settings, {
+    fallback: fallback === undefined ? undefined : { pool: fallback.pool, label: fallback.name },
+    label: database.name
+  }))
 }
 
+/**
+ * `request.dbs.<name>`: one handle per database a request uses. The route's own database is
+ * `request.db`; on a route with a `fallback`, `request.db` is the handle of the database it got
+ * its connection from, once it has one (before, another name gets a handle of its own: the
+ * database it names, never a fallback).
+ */
 function handleOf (request: Req, database: Database): RequestHandle {
   const config = request.routeOptions.config as { pgPool?: object }
   const settings = routeSettings(config.pgPool)
-  if (findDatabase(request.server, settings.db) === database) return requestDb(request)
+  const main = request[kHandle]
+  if (main === null ? settings.fallback === undefined && findDatabase(request.server, settings.db) === database : main.where === database.pool) return requestDb(request)
   const handle = request[kOthers]?.get(database)
   if (handle !== undefined) return handle
   const reply = request[kReply]
   if (reply === null) throw new PgNotReadyError()
   let others = otherSettings.get(settings)
   if (others === undefined) otherSettings.set(settings, others = { ...settings, transaction: undefined, db: database.name, fallback: undefined })
-  const made = new RequestHandle(database.pool, request, reply.raw, others, { fallback: undefined, label: database.name })
+  const made = new RequestHandle(database.pool, request, reply.raw, others, { label: database.name })
   ;(request[kOthers] ??= new Map()).set(database, made)
   let uses = alsoUses.get(config)
   if (uses === undefined) alsoUses.set(config, uses = new Set())
@@ -241,7 +251,7 @@ function requestDbs (request: Req): object {
   const face = faceOf(request.server)
   let prototype = dbsPrototypes.get(face)
   if (prototype === undefined) {
-    prototype = Object.create(UNKNOWN) as object
+    prototype = {}
     Object.defineProperty(prototype, DEFAULT, { enumerable: true, get (this: { [kRequest]: Req }) { return handleOf(this[kRequest], databaseNamed(this[kRequest].server, undefined)) } })
     for (const database of databasesOf(request.server)) {
       if (database.name === undefined) continue
@@ -259,7 +269,7 @@ export function endTransaction (request: FastifyRequest, commit: boolean): Promi
   return (request as Req)[kHandle]?.endTransaction(commit)
 }
 
-const saturated = (database: Database | undefined): database is Database => database !== undefined && database.sheds && database.pool.saturated()
+const saturated = (database: Database | undefined): database is Database => database !== undefined && database.pool.saturated()
 
 /**
  * The saturated databases a request's route uses (its own, unless its fallback is free; and those

@@ -46,8 +46,9 @@ export interface RequestDb {
  */
 export interface PgDatabases {}
 
-/** A name declared in `PgDatabases`. */
-export type PgDatabaseName = keyof PgDatabases & string
+/** A name declared in `PgDatabases` (those the plugin refuses at register are left out). */
+export type PgDatabaseName = Exclude<keyof PgDatabases & string, ReservedName>
+type ReservedName = 'default' | 'pool' | 'query' | 'connect' | 'transaction' | 'stats' | 'healthCheck' | 'pressureHandler' | 'then' | 'toJSON' | keyof Object
 
 /**
  * `request.dbs`: every database this request's route can reach, by name (`default` is the one

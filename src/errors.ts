@@ -92,13 +92,10 @@ export const PgAlreadyRegisteredError: FastifyErrorConstructor<{ code: 'FST_PG_A
 export function alreadyRegistered (name: string | undefined): Error {
   return new PgAlreadyRegisteredError(name === undefined
     ? 'fastify.pg already exists here: fastify-pg-pool (or @fastify/postgres) was registered before without a `name` in this app or a parent context. Give each further database a `name` (fastify.pg.<name>, request.dbs.<name>), and remove @fastify/postgres if it is there'
-    : `A database named \`${name}\` is already registered in this app or a parent context: give each database its own \`name\``)
+    : `A database named \`${name}\` is already registered in this context, a parent or a child (one would shadow the other): give each database its own \`name\``)
 }
 
-/**
- * A database was asked for by a name nothing registered where it was asked (`request.dbs.<name>`,
- * `fastify.pg.<name>`), or the default one where only named databases are registered.
- */
+/** The default database was asked for where only named databases are registered. */
 export const PgUnknownDatabaseError: FastifyErrorConstructor<{ code: 'FST_PG_UNKNOWN_DATABASE', statusCode: 500 }, [string]> = createError(
   'FST_PG_UNKNOWN_DATABASE',
   '%s',

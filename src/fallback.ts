@@ -35,14 +35,15 @@ function worthTrying (pool: Pool, fallback: Pool): boolean {
  * failed such a checkout in the last second; on the fallback when it cannot serve (down,
  * unreachable, saturated). The request stays on the database it got its connection from.
  */
-export async function acquireOrFallBack (pool: Pool, fallback: Pool, options: AcquireOptions & { signal: { aborted: boolean } }, log: FastifyBaseLogger): Promise<{ pool: Pool, conn: Conn }> {
+export async function acquireOrFallBack (pool: Pool, fallback: Pool, options: AcquireOptions, log: FastifyBaseLogger): Promise<{ pool: Pool, conn: Conn }> {
   if (worthTrying(pool, fallback)) {
     try {
       const conn = await pool.acquire(options)
       failedAt.delete(pool)
       return { pool, conn }
     } catch (error) {
-      if (!FALLS_BACK.some((type) => error instanceof type) || options.signal.aborted) throw error
+      // (A request that ended meanwhile fails on: its abort reason is not one of these.)
+      if (!FALLS_BACK.some((type) => error instanceof type)) throw error
       failedAt.set(pool, performance.now())
       log.debug({ err: error }, 'fastify-pg-pool: no connection from the route\'s database; falling back')
     }

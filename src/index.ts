@@ -5,7 +5,7 @@ import { addDatabase, checkNew, checkRoute, decorateRequests, DEFAULT, endTransa
 import { alreadyRegistered, PgInvalidOptionError } from './errors.js'
 import { resolveOptions, type PgPoolOptions, type ResolvedOptions } from './options.js'
 import { Pool, type PgPool } from './pool.js'
-import { createPressure, registerPressure, type Pressure } from './pressure.js'
+import { createPressure, registerPressure, type Hub } from './pressure.js'
 import type { PgDatabaseName, PgRequestDbs, RequestDb } from './db.js'
 import { transactionOutside } from './outside.js'
 import { setupRoute, type PgRouteConfig, type RouteSettings } from './route.js'
@@ -73,9 +73,9 @@ const kChain = Symbol('fastify-pg-pool.chain')
  */
 interface Chain {
   readonly databases: Database[]
-  readonly pressure: Pressure
-  /** under-pressure was registered by the plugin (`'plugin'`), or is the app's (`'app'`). */
-  readonly underPressure: 'plugin' | 'app'
+  readonly pressure: Hub
+  /** The plugin registered under-pressure here. */
+  underPressure: boolean
   readonly routes: Array<{ scope: FastifyInstance, settings: RouteSettings, where: string }>
 }
 type Scope = FastifyInstance & { [kChain]?: Chain }
@@ -88,20 +88,14 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
   // A fastify.pg not made here: @fastify/postgres.
   if (scope[kChain] === undefined && fastify.hasDecorator('pg')) throw alreadyRegistered(undefined)
   checkNew(fastify, name)
-  const chain = scope[kChain] ?? await wire(scope, options)
-  if (chain.underPressure === 'app' && options.underPressureGiven && options.underPressure !== false) {
-    throw new PgInvalidOptionError('underPressure', 'false or unset: the app registered @fastify/under-pressure itself, and gives it fastify.pg.healthCheck and fastify.pg.pressureHandler, which cover every database', 'under-pressure options')
-  }
-  if (chain.underPressure === 'plugin' && chain.databases.length > 0 && options.underPressure !== false && options.underPressureGiven) {
-    throw new PgInvalidOptionError('underPressure', 'false or unset: @fastify/under-pressure is registered once, with the options of the first database registered (put them there)', 'under-pressure options')
-  }
+  const chain = scope[kChain] ?? wire(scope)
+  if (options.underPressure !== false) await withUnderPressure(scope, chain, options)
   const pool = new Pool(options, name === undefined ? fastify.log : fastify.log.child({ db: name }))
   const { pressure } = chain
   const database: Database = {
     name,
     label: name ?? DEFAULT,
     pool,
-    sheds: chain.underPressure === 'app' || options.underPressure !== false,
     decorator: {
       pool,
       query: pool.query.bind(pool),
@@ -122,20 +116,30 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
   fastify.addHook('onClose', () => pool.close())
 }
 
-/** The first registration a context sees: the decorations, the hooks, and under-pressure. */
-async function wire (scope: Scope, options: ResolvedOptions): Promise<Chain> {
-  if (options.underPressure !== false && scope.hasDecorator('isUnderPressure')) {
+/**
+ * under-pressure, fed by every database the context sees: registered once, by the first
+ * registration that does not say `underPressure: false`, with its options.
+ */
+async function withUnderPressure (scope: Scope, chain: Chain, options: ResolvedOptions): Promise<void> {
+  if (chain.underPressure) {
+    if (!options.underPressureGiven) return
+    throw new PgInvalidOptionError('underPressure', 'unset: @fastify/under-pressure is registered once, with the options of the first database that registered it (put them there)', 'under-pressure options')
+  }
+  if (scope.hasDecorator('isUnderPressure')) {
     throw new PgInvalidOptionError(
       'underPressure',
       'false when @fastify/under-pressure is already registered (then give it fastify.pg.healthCheck and fastify.pg.pressureHandler)',
       'under-pressure options while it is registered'
     )
   }
+  chain.underPressure = true
+  await registerPressure(scope, chain.pressure, options.underPressure as Exclude<ResolvedOptions['underPressure'], false>)
+}
+
+/** The first registration a context sees: the decorations and the hooks. */
+function wire (scope: Scope): Chain {
   const databases: Database[] = []
-  const pressure = options.underPressure === false
-    ? createPressure(databases, shedBy, scope.log)
-    : await registerPressure(scope, databases, shedBy, options.underPressure)
-  const chain: Chain = { databases, pressure, underPressure: options.underPressure === false ? 'app' : 'plugin', routes: [] }
+  const chain: Chain = { databases, pressure: createPressure(databases, shedBy, scope.log), underPressure: false, routes: [] }
   scope[kChain] = chain
 
   scope.decorate('pg', { getter (this: FastifyInstance) { return faceOf(this) as unknown as PgDecorators } })

@@ -36,10 +36,11 @@ const CHECK_INTERVAL_MS = 25
 export function createPressure (
   databases: readonly Database[],
   shedBy: (request: FastifyRequest) => Database[] | undefined,
-  log: FastifyInstance['log'],
-  userCheck?: HealthCheck,
-  userHandler?: PressureHandler
-): Pressure {
+  log: FastifyInstance['log']
+): Hub {
+  /** The app's own check and handler, from the under-pressure options the plugin registered it with. */
+  let userCheck: HealthCheck | undefined
+  let userHandler: PressureHandler | undefined
   /** Why the last check failed: a pool, or the app's own health check. */
   let cause: 'pool' | 'user' | undefined
   const lastDiagnosis = new WeakMap<Database, number>()
@@ -73,7 +74,7 @@ export function createPressure (
     }
     let saturated = false
     for (const database of databases) {
-      if (database.sheds && database.pool.saturated()) {
+      if (database.pool.saturated()) {
         saturated = true
         diagnose(database)
       }
@@ -106,7 +107,19 @@ export function createPressure (
     return userHandler?.(request, reply, type, value)
   }) as PressureHandler
 
-  return { healthCheck, pressureHandler }
+  return {
+    healthCheck,
+    pressureHandler,
+    use (check, handler) {
+      userCheck = check
+      userHandler = handler
+    }
+  }
+}
+
+/** The pressure of every database a context sees; `use` adds the app's own check and handler. */
+export interface Hub extends Pressure {
+  use (check: HealthCheck | undefined, handler: PressureHandler): void
 }
 
 /** What the health check (and under-pressure's status route) shows: the default's `pool`, and every database's in `pools` when there are named ones. */
@@ -126,18 +139,13 @@ const UnderPressureError = createError('FST_UNDER_PRESSURE', 'Service Unavailabl
  * (event loop, memory, the app's own health check) keeps under-pressure's behaviour: its own
  * pressure handler if one was given, else a 503 with its `retryAfter`.
  */
-export async function registerPressure (
-  fastify: FastifyInstance,
-  databases: readonly Database[],
-  shedBy: (request: FastifyRequest) => Database[] | undefined,
-  options: FastifyUnderPressureOptions
-): Promise<Pressure> {
+export async function registerPressure (fastify: FastifyInstance, pressure: Hub, options: FastifyUnderPressureOptions): Promise<void> {
   const retryAfter = options.retryAfter ?? 10
   const fallback: PressureHandler = options.pressureHandler ?? ((_request: FastifyRequest, reply: FastifyReply) => {
     reply.header('retry-after', retryAfter)
     return Promise.reject(new UnderPressureError())
   })
-  const pressure = createPressure(databases, shedBy, fastify.log, options.healthCheck, fallback)
+  pressure.use(options.healthCheck, fallback)
   await fastify.register(underPressure, {
     healthCheckInterval: CHECK_INTERVAL_MS,
     ...options,
@@ -145,7 +153,6 @@ export async function registerPressure (
     healthCheck: pressure.healthCheck,
     pressureHandler: pressure.pressureHandler
   })
-  return pressure
 }
 
 const count = { type: 'integer' }

@@ -77,8 +77,8 @@ function ended (response: Response): boolean {
 }
 
 interface HandleOptions {
-  /** The route's `fallback` database's pool. */
-  fallback?: Pool | undefined
+  /** The route's `fallback` database: its pool, and its name for a named one. */
+  fallback?: { pool: Pool, label: string | undefined } | undefined
   /** The database's name, for a named one. */
   label?: string | undefined
 }
@@ -90,11 +90,14 @@ interface HandleOptions {
 export class RequestHandle implements Runner {
   /** The pool of its database; the fallback's once a checkout fell back to it. */
   #pool: Pool
-  /** Where the first checkout goes if the database is down or saturated (the route's `fallback`). */
-  #fallback: Pool | undefined
+  /**
+   * Where the first checkout goes if the database is down or saturated (the route's `fallback`),
+   * until that checkout settled.
+   */
+  #fallback: HandleOptions['fallback']
   readonly #settings: RouteSettings
-  readonly #log: FastifyBaseLogger
-  readonly #holder: Holder
+  #log: FastifyBaseLogger
+  readonly #holder: Holder & { log: FastifyBaseLogger }
   #state: State = UNUSED
   /**
    * The request has ended: no new statement is accepted. Statements issued before a reply that
@@ -145,6 +148,11 @@ export class RequestHandle implements Runner {
 
   get pool (): RequestPool {
     return (this.#view ??= this.poolOf(this))
+  }
+
+  /** @internal The pool this handle's statements go to, once decided (a fallback may still change it). */
+  get where (): Pool | undefined {
+    return this.#fallback === undefined ? this.#pool : undefined
   }
 
   /** @internal A pg.Pool view of `scope` (request.db or a transaction's db), told when the request ends. */
@@ -350,14 +358,18 @@ export class RequestHandle implements Runner {
     }
   }
 
-  /** The route's database, or its fallback (see fallback.ts): the request goes on where it got its connection. */
-  async #acquireOrFallBack (options: AcquireOptions & { signal: Abandon }): Promise<Conn> {
-    const fallback = this.#fallback as Pool
+  /**
+   * The route's database, or its fallback (see fallback.ts): the request goes on where it got its
+   * connection (after a failed checkout, its next statement may fall back again).
+   */
+  async #acquireOrFallBack (options: AcquireOptions): Promise<Conn> {
+    const fallback = this.#fallback as NonNullable<HandleOptions['fallback']>
+    const got = await acquireOrFallBack(this.#pool, fallback.pool, options, this.#log)
     this.#fallback = undefined
-    const got = await acquireOrFallBack(this.#pool, fallback, options, this.#log)
-    if (got.pool === fallback) {
-      this.#pool = fallback
-      this.#clock = fallback.wire.clock(this.#settings.statementTimeoutMs)
+    if (got.pool === fallback.pool) {
+      this.#pool = fallback.pool
+      this.#clock = fallback.pool.wire.clock(this.#settings.statementTimeoutMs)
+      this.#log = fallback.label === undefined ? this.#holder.log : this.#holder.log.child({ db: fallback.label })
     }
     return got.conn
   }

@@ -6,6 +6,8 @@
  * and its streaming replica.
  */
 import { randomBytes } from 'node:crypto'
+import { inspect } from 'node:util'
+import underPressure from '@fastify/under-pressure'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
@@ -137,7 +139,7 @@ t.test('a name registered twice, or a second default: FST_PG_ALREADY_REGISTERED'
   await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_ALREADY_REGISTERED', message: /`replica`/ })
 })
 
-t.test('unknown names: coded errors at ready for a route, at use for request.dbs and fastify.pg', async (t) => {
+t.test('unknown names: a coded error at ready for a route; undefined on request.dbs and fastify.pg, which inspect and serialise', async (t) => {
   const app = Fastify()
   t.teardown(() => app.close())
   await app.register(pgPool, { connectionString: db.url })
@@ -145,14 +147,22 @@ t.test('unknown names: coded errors at ready for a route, at use for request.dbs
   await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_INVALID_OPTION', message: /config\.pgPool\.db.*`default` is.*got `replcia`/ })
 
   const app2 = await build(t)
-  app2.get('/dbs', async (req) => (req.dbs as unknown as Record<string, unknown>).replcia)
+  app2.get('/dbs', async (req) => ({
+    typo: typeof (req.dbs as unknown as Record<string, unknown>).replcia,
+    // (Node's inspection reads properties nobody declared, `href` among them.)
+    inspected: inspect(req.dbs).length > 0,
+    keys: Object.keys(req.dbs)
+  }))
   await app2.ready()
-  const res = await app2.inject('/dbs')
-  t.equal(res.statusCode, 500)
-  t.equal(res.json().code, 'FST_PG_UNKNOWN_DATABASE')
-  t.throws(() => (app2.pg as unknown as Record<string, unknown>).replcia, { code: 'FST_PG_UNKNOWN_DATABASE' })
-  t.notOk('replcia' in app2.pg, '`in` answers without throwing')
+  t.same((await app2.inject('/dbs')).json(), { typo: 'undefined', inspected: true, keys: [] })
+  t.equal((app2.pg as unknown as Record<string, unknown>).replcia, undefined)
+  t.notOk('replcia' in app2.pg)
+  t.match(inspect(app2.pg), /replica/, 'fastify.pg inspects')
   t.equal((app2.pg as unknown as { then?: unknown }).then, undefined, 'not a thenable')
+  const single = Fastify()
+  t.teardown(() => single.close())
+  await single.register(pgPool, { connectionString: db.url })
+  t.match(inspect(single.pg), /pool/, 'one database: fastify.pg inspects')
 })
 
 t.test('fallback: validated when the route is added and at ready', async (t) => {
@@ -203,13 +213,13 @@ t.test('encapsulated contexts: a database registered in a context is seen there 
     child.after(() => { t.equal(child.pg.scoped.pool, child.pg.scoped.pool) })
   })
   app.register(async (sibling) => {
-    sibling.get('/sibling', async (req) => (req.dbs as unknown as Record<string, unknown>).scoped)
+    sibling.get('/sibling', async (req) => ({ has: 'scoped' in req.dbs }))
   })
   app.get('/root', async () => ({ has: 'scoped' in app.pg }))
   await app.ready()
   t.same((await app.inject('/scoped')).json(), { db: other, main: mainName })
   t.equal((await app.inject('/deeper')).body, other)
-  t.equal((await app.inject('/sibling')).json().code, 'FST_PG_UNKNOWN_DATABASE')
+  t.same((await app.inject('/sibling')).json(), { has: false })
   t.same((await app.inject('/root')).json(), { has: false })
 
   const bad = Fastify()
@@ -303,32 +313,18 @@ t.test('replica down: its routes get a coded 503 within the deadline; a fallback
   t.equal(app.pg.stats().active, 0)
 })
 
-t.test('under-pressure is registered once: a later database with options of its own is refused; underPressure: false keeps one out of shedding', async (t) => {
+t.test('under-pressure is registered once, by the first registration that does not say false, in either order', async (t) => {
   const app = Fastify()
   t.teardown(() => app.close())
-  app.register(pgPool, { connectionString: db.url })
+  app.register(pgPool, { connectionString: db.url, underPressure: { maxEventLoopDelay: 1000 } })
   app.register(pgPool, { name: 'replica', connectionString: otherUrl, underPressure: { maxEventLoopDelay: 1000 } })
-  await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_INVALID_OPTION', message: /underPressure.*first database registered/ })
+  await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_INVALID_OPTION', message: /underPressure.*registered once, with the options of the first database that registered it/ })
 
-  const app2 = await build(t, {}, { underPressure: false, max: 1, maxWaiting: 0, acquireTimeoutMs: 3000 })
-  const release = deferred()
-  const holding = deferred()
-  app2.get('/hold', { config: { pgPool: { db: 'replica' } } }, async (req) => {
-    await req.db.query('select 1')
-    holding.resolve()
-    await release.promise
-    return 'held'
-  })
-  app2.get('/read', { config: { pgPool: { db: 'replica' } } }, async (req) => await req.db.query('select 1').then(() => 'ok'))
-  await app2.ready()
-  const held = app2.inject('/hold')
-  await holding.promise
-  await new Promise((resolve) => setTimeout(resolve, 100))
-  t.notOk(app2.isUnderPressure(), 'not shed for the replica')
-  const read = await app2.inject('/read')
-  t.equal(read.json().code, 'FST_PG_QUEUE_FULL', 'its own bound still answers 503')
-  release.resolve()
-  await held
+  for (const order of ['default first', 'named first'] as const) {
+    const app = await build(t, { underPressure: false }, { underPressure: { exposeStatusRoute: true } }, order)
+    await app.ready()
+    t.match((await app.inject('/status')).json(), { pools: { default: { total: 0 }, replica: { total: 0 } } }, order)
+  }
 })
 
 t.test('the status route shows every database', async (t) => {
@@ -385,12 +381,72 @@ t.test('a route with a fallback is shed when both its databases are saturated', 
   for (const h of held) t.equal((await h).statusCode, 200)
 })
 
-t.test('under-pressure registered by the app: a later database given under-pressure options is refused', async (t) => {
+t.test('under-pressure registered by the app: every registration says false, and its check covers every database', async (t) => {
+  const early = Fastify()
+  t.teardown(() => early.close())
+  await early.register(pgPool, { connectionString: db.url, underPressure: false })
+  await early.register(underPressure, { healthCheck: early.pg.healthCheck, healthCheckInterval: 25, pressureHandler: early.pg.pressureHandler })
+  early.register(pgPool, { name: 'replica', connectionString: otherUrl })
+  await t.rejects(async () => { await early.ready() }, { code: 'FST_PG_INVALID_OPTION', message: /underPressure.*false when @fastify\/under-pressure is already registered/ })
+
   const app = Fastify()
   t.teardown(() => app.close())
-  app.register(pgPool, { connectionString: db.url, underPressure: false })
-  app.register(pgPool, { name: 'replica', connectionString: otherUrl, underPressure: { maxEventLoopDelay: 1000 } })
-  await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_INVALID_OPTION', message: /underPressure.*the app registered @fastify\/under-pressure itself/ })
+  await app.register(pgPool, { connectionString: db.url, underPressure: false })
+  await app.register(pgPool, { name: 'replica', connectionString: otherUrl, underPressure: false, max: 1, maxWaiting: 0, acquireTimeoutMs: 3000 })
+  await app.register(underPressure, { healthCheck: app.pg.healthCheck, healthCheckInterval: 25, pressureHandler: app.pg.pressureHandler })
+  const release = deferred()
+  const holding = deferred()
+  app.get('/hold', { config: { pgPool: { db: 'replica' } } }, async (req) => {
+    await req.db.query('select 1')
+    holding.resolve()
+    await release.promise
+    return 'held'
+  })
+  app.get('/read', { config: { pgPool: { db: 'replica' } } }, async (req) => await req.db.query('select 1').then(() => 'ok'))
+  app.get('/write', async (req) => await req.db.query('select 1').then(() => 'ok'))
+  await app.ready()
+  const held = app.inject('/hold')
+  await holding.promise
+  await until(() => app.isUnderPressure(), 'the app\'s under-pressure saw the replica saturated')
+  t.equal((await app.inject('/read')).json().code, 'FST_PG_SATURATED')
+  t.equal((await app.inject('/write')).body, 'ok')
+  release.resolve()
+  await held
+})
+
+t.test('a name registered in a child context, then in its parent: FST_PG_ALREADY_REGISTERED (it would shadow)', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(async (child) => { child.register(pgPool, { name: 'replica', connectionString: otherUrl }) })
+  app.register(pgPool, { connectionString: db.url })
+  app.register(pgPool, { name: 'replica', connectionString: otherUrl })
+  await t.rejects(async () => { await app.ready() }, { code: 'FST_PG_ALREADY_REGISTERED', message: /`replica`/ })
+  // Siblings may each have their own.
+  const siblings = Fastify()
+  t.teardown(() => siblings.close())
+  for (const path of ['/a', '/b']) {
+    siblings.register(async (child) => {
+      await child.register(pgPool, { name: 'replica', connectionString: path === '/a' ? db.url : otherUrl })
+      child.get(path, { config: { pgPool: { db: 'replica' } } }, async (req) => nameOf(await req.db.query(current)))
+    })
+  }
+  await siblings.ready()
+  t.equal((await siblings.inject('/a')).body, mainName)
+  t.equal((await siblings.inject('/b')).body, other)
+})
+
+t.test('after a fallback: request.dbs.<fallback> is request.db (one connection), and request.dbs.<route db> still names the route database', async (t) => {
+  const down = `postgres://postgres:postgres@127.0.0.1:${await closedPort()}/postgres`
+  const app = await build(t, { max: 1, acquireTimeoutMs: 1000 }, { connectionString: down })
+  app.get('/read-then-write', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => {
+    const read = await req.db.query('select pg_backend_pid() as pid')
+    const write = await req.dbs.default.query('select pg_backend_pid() as pid')
+    const replica = await req.dbs.replica.query('select 1').then(() => 'ran', (error) => error.code)
+    return { same: read.rows[0].pid === write.rows[0].pid, sameHandle: req.dbs.default === req.db, replica }
+  })
+  await app.ready()
+  t.same((await app.inject('/read-then-write')).json(), { same: true, sameHandle: true, replica: 'FST_PG_UNAVAILABLE' }, 'one connection of the default database (max 1: no wait on itself)')
+  t.equal(app.pg.stats().active, 0)
 })
 
 t.test('a request that ends while its checkout on the route database waits does not fall back', async (t) => {
@@ -434,4 +490,33 @@ t.test('a route with a fallback skips a database that failed it for a second, th
   t.ok(await timed() < 250, 'a request during the retry skips it')
   t.ok(await probe >= 290, 'the retry waits out the deadline')
   t.equal(app.pg.replica.stats().acquireTimeouts, acquires + 1)
+})
+
+t.test('without shedding, a fallback route whose databases are both full tries its own, then the fallback, and answers their 503', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(pgPool, { connectionString: db.url, max: 1, maxWaiting: 0, underPressure: false })
+  await app.register(pgPool, { name: 'replica', connectionString: otherUrl, max: 1, maxWaiting: 0, underPressure: false })
+  const release = deferred()
+  let holding = 0
+  app.get('/hold/:db', async (req) => {
+    await req.dbs[(req.params as { db: 'default' | 'replica' }).db].query('select 1')
+    holding++
+    await release.promise
+    return 'held'
+  })
+  app.get('/fallback', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => nameOf(await req.db.query(current)))
+  await app.ready()
+  const held = [app.inject('/hold/replica'), app.inject('/hold/default')]
+  await until(() => holding === 2, 'both held')
+  const res = await app.inject('/fallback')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_PG_QUEUE_FULL')
+  t.equal(app.pg.replica.stats().acquires, 1, 'the replica was tried (and refused)')
+  release.resolve()
+  for (const h of held) t.equal((await h).statusCode, 200)
+  t.equal((await app.inject('/fallback')).body, mainName, 'free again, but the replica failed it: skipped for a second')
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  t.equal((await app.inject('/fallback')).body, other, 'then served by its own database again')
+  t.equal((await app.inject('/fallback')).body, other)
 })
