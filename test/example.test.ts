@@ -3,31 +3,16 @@
  * and shuts down cleanly on SIGINT. (Here against the test database through DATABASE_URL; the
  * embedded-database path is what `npm start` uses on a fresh machine.)
  */
-import { spawn } from 'node:child_process'
 import t from 'tap'
+import { startExample } from './helpers/example.js'
 import { setupDatabase } from './helpers/postgres.js'
 
 const db = await setupDatabase(t)
 
 t.test('npm start: the notes API works end to end', async (t) => {
-  const child = spawn('env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, '--import', 'tsx', 'example/server.ts'], {
-    env: { ...process.env, DATABASE_URL: db.url, PORT: '0', LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve))
-  t.teardown(() => { child.kill('SIGKILL') })
-  let output = ''
-  const base = await new Promise<string>((resolve, reject) => {
-    child.stdout.on('data', (chunk) => {
-      output += chunk
-      const match = /Notes API:\s+(\S+)/.exec(output)
-      if (match) resolve(match[1]!)
-    })
-    child.stderr.on('data', (chunk) => { output += chunk })
-    child.on('exit', () => reject(new Error(`the example exited:\n${output}`)))
-  })
-  t.match(output, /PostgreSQL: postgres:\/\/postgres:\*\*\*@/, 'prints the database URL without its password')
-  t.match(output, /Try:\s+curl/, 'prints a ready-to-paste curl line')
+  const { base, output, stop } = await startExample(t, { DATABASE_URL: db.url })
+  t.match(output(), /PostgreSQL: postgres:\/\/postgres:\*\*\*@/, 'prints the database URL without its password')
+  t.match(output(), /Try:\s+curl/, 'prints a ready-to-paste curl line')
 
   const created = await fetch(`${base}/notes`, {
     method: 'POST',
@@ -59,6 +44,5 @@ t.test('npm start: the notes API works end to end', async (t) => {
   t.notMatch(text, /db="replica"/, 'no replica without REPLICA_URL')
   t.notMatch(text, /password|postgres:\/\//, 'no secret in the metrics')
 
-  child.kill('SIGINT')
-  t.equal(await exited, 0, 'stops cleanly on Ctrl-C')
+  t.equal(await stop(), 0, 'stops cleanly on Ctrl-C')
 })

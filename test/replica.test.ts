@@ -7,11 +7,11 @@
  * aborted request returns both connections, and app.close() closes both pools. Figures are
  * printed as comments (latency measured at the client).
  */
-import { spawn } from 'node:child_process'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
+import { startExample } from './helpers/example.js'
 import { silentServer } from './helpers/net.js'
 import { TcpProxy } from './helpers/proxy.js'
 import { startReplicaPair } from './helpers/replica.js'
@@ -217,22 +217,7 @@ t.test('an aborted request that used both databases returns both connections; ap
 })
 
 t.test('the example with REPLICA_URL: the note list is read from the replica, and /metrics shows both databases', async (t) => {
-  const child = spawn('env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, '--import', 'tsx', 'example/server.ts'], {
-    env: { ...process.env, DATABASE_URL: pair.primary.url, REPLICA_URL: pair.replica.url, PORT: '0', LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve))
-  t.teardown(() => { child.kill('SIGKILL') })
-  let output = ''
-  const base = await new Promise<string>((resolve, reject) => {
-    child.stdout.on('data', (chunk) => {
-      output += chunk
-      const match = /Notes API:\s+(\S+)/.exec(output)
-      if (match) resolve(match[1]!)
-    })
-    child.stderr.on('data', (chunk) => { output += chunk })
-    child.on('exit', () => reject(new Error(`the example exited:\n${output}`)))
-  })
+  const { base, stop } = await startExample(t, { DATABASE_URL: pair.primary.url, REPLICA_URL: pair.replica.url })
   const note = await get(`${base}/notes`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ title: 'replicated', tags: ['pg'] }) })
   t.equal(note.status, 201)
   await pair.caughtUp()
@@ -244,6 +229,5 @@ t.test('the example with REPLICA_URL: the note list is read from the replica, an
   t.match(text, /^pg_pool_acquires_total\{db="replica"\} [1-9]\d*$/m, 'the replica in /metrics')
   t.match(text, /^pg_pool_hold_seconds_count\{db="replica"\} [1-9]\d*$/m)
   t.notMatch(text, /password|postgres:\/\//, 'no secret in the metrics')
-  child.kill('SIGINT')
-  t.equal(await exited, 0, 'stops cleanly on Ctrl-C')
+  t.equal(await stop(), 0, 'stops cleanly on Ctrl-C')
 })

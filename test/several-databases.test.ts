@@ -13,6 +13,7 @@ import pg from 'pg'
 import t from 'tap'
 import pgPool, { type PgPoolOptions } from '../src/index.js'
 import { closedPort, silentServer } from './helpers/net.js'
+import { holdRoute } from './helpers/app.js'
 import { setupDatabase } from './helpers/postgres.js'
 import { deferred, listen, logLines, send, until } from './helpers/util.js'
 
@@ -256,14 +257,7 @@ t.test('shedding per database: a saturated replica sheds its routes and the rout
   t.teardown(() => app.close())
   await app.register(pgPool, { connectionString: db.url, max: 2 })
   await app.register(pgPool, { name: 'replica', connectionString: otherUrl, max: 1, maxWaiting: 1, acquireTimeoutMs: 5000 })
-  const release = deferred()
-  const holding = deferred()
-  app.get('/hold', { config: { pgPool: { db: 'replica' } } }, async (req) => {
-    await req.db.query('select 1')
-    holding.resolve()
-    await release.promise
-    return 'held'
-  })
+  const { holding, release } = holdRoute(app, '/hold', { config: { pgPool: { db: 'replica' } } })
   app.get('/read', { config: { pgPool: { db: 'replica' } } }, async (req) => nameOf(await req.db.query(current)))
   app.get('/write', async (req) => nameOf(await req.db.query(current)))
   app.get('/mixed', async (req) => ({ a: nameOf(await req.db.query(current)), b: nameOf(await req.dbs.replica.query(current)) }))
@@ -271,7 +265,7 @@ t.test('shedding per database: a saturated replica sheds its routes and the rout
   await app.ready()
   t.equal((await app.inject('/mixed')).statusCode, 200, 'the mixed route used the replica once')
   const held = app.inject('/hold')
-  await holding.promise
+  await holding
   const queued = app.inject('/read')
   await until(() => app.pg.replica.stats().waiting === 1, 'a replica checkout waits')
   await until(() => app.isUnderPressure(), 'under-pressure saw the replica saturated')
@@ -289,7 +283,7 @@ t.test('shedding per database: a saturated replica sheds its routes and the rout
   t.equal(app.pg.replica.stats().shed, 2)
   t.equal(app.pg.stats().shed, 0)
   t.ok(lines.some((l) => l.db === 'replica' && /pool saturated/.test(l.msg)), 'the diagnosis names the database')
-  release.resolve()
+  release()
   t.equal((await held).statusCode, 200)
   t.equal((await queued).statusCode, 200)
   await until(() => !app.isUnderPressure(), 'drained')
@@ -394,23 +388,16 @@ t.test('under-pressure registered by the app: every registration says false, and
   await app.register(pgPool, { connectionString: db.url, underPressure: false })
   await app.register(pgPool, { name: 'replica', connectionString: otherUrl, underPressure: false, max: 1, maxWaiting: 0, acquireTimeoutMs: 3000 })
   await app.register(underPressure, { healthCheck: app.pg.healthCheck, healthCheckInterval: 25, pressureHandler: app.pg.pressureHandler })
-  const release = deferred()
-  const holding = deferred()
-  app.get('/hold', { config: { pgPool: { db: 'replica' } } }, async (req) => {
-    await req.db.query('select 1')
-    holding.resolve()
-    await release.promise
-    return 'held'
-  })
+  const { holding, release } = holdRoute(app, '/hold', { config: { pgPool: { db: 'replica' } } })
   app.get('/read', { config: { pgPool: { db: 'replica' } } }, async (req) => await req.db.query('select 1').then(() => 'ok'))
   app.get('/write', async (req) => await req.db.query('select 1').then(() => 'ok'))
   await app.ready()
   const held = app.inject('/hold')
-  await holding.promise
+  await holding
   await until(() => app.isUnderPressure(), 'the app\'s under-pressure saw the replica saturated')
   t.equal((await app.inject('/read')).json().code, 'FST_PG_SATURATED')
   t.equal((await app.inject('/write')).body, 'ok')
-  release.resolve()
+  release()
   await held
 })
 

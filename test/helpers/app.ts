@@ -1,5 +1,5 @@
 import type { Test } from 'tap'
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions, type RouteShorthandOptions } from 'fastify'
 import pgPool, { type PgPoolOptions } from '../../src/index.js'
 import type { Pool } from '../../src/pool.js'
 import type { Database } from './postgres.js'
@@ -51,10 +51,10 @@ export async function assertReturned (
  * A route that checks out a connection (one query) and holds it until the test calls
  * `release()`: `holding` resolves once it holds it.
  */
-export function holdRoute (app: FastifyInstance, path = '/hold'): { holding: Promise<void>, release: () => void } {
+export function holdRoute (app: FastifyInstance, path = '/hold', options: RouteShorthandOptions = {}): { holding: Promise<void>, release: () => void } {
   const holding = deferred()
   const release = deferred()
-  app.get(path, async (req) => {
+  app.get(path, options, async (req) => {
     await req.db.query('select 1')
     holding.resolve()
     await release.promise
