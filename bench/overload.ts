@@ -1,120 +1,119 @@
 /**
- * Overload: a pool of 10 connections, 50 ms queries, 100 concurrent clients for 10 s (capacity
- * 10 / 0.05 s = 200 requests/s). Contenders, in one process and one run:
- *   (a) fastify-pg-pool (bounded queue + shedding through under-pressure, the defaults)
- *   (b) fastify-pg-pool with shedding off (unbounded queue, under-pressure not registered)
- *   (c) @fastify/postgres with the same pool size
- * Latency per status is measured in the server (Fastify's reply.elapsedTime); autocannon drives
- * the load from its own process, so the load generator does not steal the server's event loop.
- * Not part of `npm test`: `npm run bench:overload`.
- *
- * Environment: DATABASE_URL (else an embedded PostgreSQL), BENCH_DURATION (s, default 10),
- * BENCH_CONNECTIONS (default 100).
+ * Overload: a pool of 10 connections, 50 ms queries (capacity 10 / 0.05 s = 200 requests/s),
+ * 100 clients for BENCH_DURATION seconds, each on its own keep-alive connection, in two
+ * behaviours (bench/overload-clients.mjs, in its own process; latency measured there, at the
+ * client):
+ *   retry    sends again 5 ms after a 503
+ *   polite   waits what Retry-After says after a 503
+ * Contenders, in one process, measured in interleaved rounds (median round kept):
+ *   (a)  fastify-pg-pool, the defaults but `maxWaiting: 10` (shedding through under-pressure)
+ *   (a') the same with `closeShedConnections: true` (each 503 closes its keep-alive connection)
+ *   (b)  @fastify/postgres with the same pool (pg-pool queues every request)
+ *   (c)  a bare route answering 503 at once: the floor of what a shed request can cost
+ *   (c') the same with `Connection: close`
+ * Not part of `npm test`: `npm run bench:overload`. DATABASE_URL (else an embedded PostgreSQL),
+ * BENCH_DURATION (s per round, default 10), BENCH_ROUNDS (default 3), BENCH_CLIENTS (default 100),
+ * BENCH_BEHAVIOURS (default "retry,polite").
  */
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import fastifyPostgres from '@fastify/postgres'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type pg from 'pg'
-import { EmbeddedServer } from '../test/helpers/postgres.js'
-import { pgPool } from './lib.js'
+import { database, fixed, listen, pgPool, table } from './lib.js'
 
+const exec = promisify(execFile)
 const DURATION = Number(process.env.BENCH_DURATION ?? 10)
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 100)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 100)
+const BEHAVIOURS = (process.env.BENCH_BEHAVIOURS ?? 'retry,polite').split(',')
 const MAX = 10
 const QUERY_S = 0.05
 const CAPACITY = MAX / QUERY_S
 const SQL = `select pg_sleep(${QUERY_S})`
 
-interface Row {
-  contender: string
-  goodput: number
-  twoXX: number
-  fiveOhThree: number
-  other: number
-  p50ok: number
-  p99ok: number
-  p50shed: number
-  p99shed: number
+interface Latency { count: number, p50: number, p90: number, p99: number, max: number }
+interface Load { statuses: Record<string, Latency>, errors: number, connections: number }
+interface Round { goodput: number, ok: Latency | undefined, shed: Latency | undefined, other: number, connections: number }
+
+async function load (url: string, behaviour: string): Promise<Round> {
+  const { stdout } = await exec(process.execPath, ['bench/overload-clients.mjs', url, String(CLIENTS), String(DURATION), behaviour], { maxBuffer: 16 * 1024 * 1024 })
+  const { statuses, errors, connections } = JSON.parse(stdout) as Load
+  const ok = statuses['200']
+  const shed = statuses['503']
+  let other = errors
+  for (const [status, { count }] of Object.entries(statuses)) if (status !== '200' && status !== '503') other += count
+  return { goodput: (ok?.count ?? 0) / DURATION, ok, shed, other, connections }
 }
 
-function percentile (sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!
-}
-
-const run$ = promisify(execFile)
-
-/** autocannon in a child process; its JSON summary. */
-async function autocannon (url: string, connections: number, duration: number): Promise<any> {
-  const { stdout } = await run$(process.execPath, [
-    'node_modules/autocannon/autocannon.js', '--json', '--timeout', '30',
-    '-c', String(connections), '-d', String(duration), url
-  ], { maxBuffer: 64 * 1024 * 1024 })
-  return JSON.parse(stdout)
-}
-
-async function run (name: string, build: (app: FastifyInstance) => Promise<void>): Promise<Row> {
+const db = await database()
+const apps: FastifyInstance[] = []
+const contenders: Array<{ name: string, url: string }> = []
+async function add (name: string, build: (app: FastifyInstance) => Promise<void>): Promise<void> {
   const app = Fastify()
-  const ok: number[] = []
-  const shed: number[] = []
-  app.addHook('onResponse', async (_req, reply) => {
-    if (reply.statusCode < 300) ok.push(reply.elapsedTime)
-    else if (reply.statusCode === 503) shed.push(reply.elapsedTime)
-  })
   await build(app)
-  const url = await app.listen({ port: 0, host: '127.0.0.1' })
-  // Warm up the pool, then measure.
-  await autocannon(url, MAX, 1)
-  ok.length = 0
-  shed.length = 0
-  const result = await autocannon(url, CONNECTIONS, DURATION)
-  await app.close()
-  ok.sort((a, b) => a - b)
-  shed.sort((a, b) => a - b)
-  // Counted by the client: what it received.
-  const codes = result.statusCodeStats as Record<string, { count: number }>
-  const twoXX = result['2xx'] as number
-  const fiveOhThree = codes['503']?.count ?? 0
-  const all = Object.values(codes).reduce((sum, c) => sum + c.count, 0)
-  return {
-    contender: name,
-    goodput: twoXX / DURATION,
-    twoXX,
-    fiveOhThree,
-    other: all - twoXX - fiveOhThree + result.errors + result.timeouts,
-    p50ok: percentile(ok, 0.5),
-    p99ok: percentile(ok, 0.99),
-    p50shed: percentile(shed, 0.5),
-    p99shed: percentile(shed, 0.99)
+  apps.push(app)
+  contenders.push({ name, url: await listen(app) })
+}
+
+const lines: string[] = []
+try {
+  await add('(a) fastify-pg-pool', async (app) => {
+    await app.register(pgPool, { connectionString: db.url, max: MAX, maxWaiting: 10 })
+    app.get('/', async (req) => (await req.db.query(SQL)).rowCount)
+  })
+  await add("(a') (a) with closeShedConnections", async (app) => {
+    await app.register(pgPool, { connectionString: db.url, max: MAX, maxWaiting: 10, closeShedConnections: true })
+    app.get('/', async (req) => (await req.db.query(SQL)).rowCount)
+  })
+  await add('(b) @fastify/postgres', async (app) => {
+    await app.register(fastifyPostgres, { connectionString: db.url, max: MAX })
+    // pg-pool crashes the process on an idle client's error unless someone listens.
+    ;(app.pg.pool as unknown as pg.Pool).on('error', () => {})
+    app.get('/', async () => (await app.pg.query(SQL)).rowCount)
+  })
+  await add('(c) bare 503 (floor)', async (app) => {
+    app.get('/', async (_req, reply) => reply.code(503).header('retry-after', 1).send({ statusCode: 503 }))
+  })
+  await add("(c') bare 503, Connection: close", async (app) => {
+    app.get('/', async (_req, reply) => reply.code(503).header('retry-after', 1).header('connection', 'close').send({ statusCode: 503 }))
+  })
+
+  for (const behaviour of BEHAVIOURS) {
+    const rounds = new Map<string, Round[]>(contenders.map(({ name }) => [name, []]))
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let i = 0; i < contenders.length; i++) {
+        const { name, url } = contenders[(i + round) % contenders.length]!
+        rounds.get(name)!.push(await load(url, behaviour))
+      }
+    }
+    const rows: string[][] = []
+    for (const [name, measured] of rounds) {
+      // The median round by goodput (the floors: by 503 p99).
+      const key = (r: Round): number => r.ok === undefined ? (r.shed?.p99 ?? 0) : r.goodput
+      const median = measured.slice().sort((x, y) => key(x) - key(y))[Math.floor(measured.length / 2)]!
+      const ms = (v: number | undefined): string => v === undefined ? '—' : fixed(v, 1)
+      const range = (pick: (r: Round) => number | undefined): string => {
+        const values = measured.map(pick).filter((v): v is number => v !== undefined)
+        return values.length === 0 ? '—' : `${fixed(Math.min(...values), 1)}–${fixed(Math.max(...values), 1)}`
+      }
+      rows.push([
+        name,
+        median.ok === undefined ? '—' : fixed(median.goodput, 1),
+        median.ok === undefined ? '—' : `${fixed(100 * median.goodput / CAPACITY, 1)} %`,
+        ms(median.ok?.p50), ms(median.ok?.p99), range((r) => r.ok?.p99),
+        String(median.shed?.count ?? 0), ms(median.shed?.p50), ms(median.shed?.p99), range((r) => r.shed?.p99),
+        String(median.other), String(median.connections)
+      ])
+    }
+    lines.push(`### Overload, ${behaviour} clients: ${CLIENTS} clients, pool ${MAX}, ${QUERY_S * 1000} ms queries (capacity ${CAPACITY} req/s), median of ${ROUNDS} interleaved ${DURATION} s rounds\n`)
+    lines.push(table(
+      ['contender', 'goodput (2xx/s)', 'of capacity', 'p50 2xx (ms)', 'p99 2xx (ms)', 'p99 2xx, all rounds', '503s', 'p50 503 (ms)', 'p99 503 (ms)', 'p99 503, all rounds', 'other', 'connections opened'],
+      ['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:'], rows))
+    lines.push('')
   }
+} finally {
+  for (const app of apps) await app.close()
+  await db.stop()
 }
-
-const embedded = process.env.DATABASE_URL ? undefined : new EmbeddedServer()
-await embedded?.start()
-const connectionString = process.env.DATABASE_URL ?? embedded!.url()
-
-const rows: Row[] = []
-rows.push(await run('(a) fastify-pg-pool', async (app) => {
-  await app.register(pgPool, { connectionString, max: MAX })
-  app.get('/', async (req) => (await req.db.query(SQL)).rowCount)
-}))
-rows.push(await run('(b) fastify-pg-pool, shedding off', async (app) => {
-  await app.register(pgPool, { connectionString, max: MAX, maxWaiting: Infinity, underPressure: false })
-  app.get('/', async (req) => (await req.db.query(SQL)).rowCount)
-}))
-rows.push(await run('(c) @fastify/postgres', async (app) => {
-  await app.register(fastifyPostgres, { connectionString, max: MAX })
-  // pg-pool crashes the process on an idle client's error unless someone listens.
-  ;(app.pg.pool as unknown as pg.Pool).on('error', () => {})
-  app.get('/', async () => (await app.pg.query(SQL)).rowCount)
-}))
-await embedded?.stop()
-
-const ms = (v: number): string => Number.isNaN(v) ? '—' : v.toFixed(1)
-console.log(`\nOverload: pool max ${MAX}, ${QUERY_S * 1000} ms queries, ${CONNECTIONS} connections, ${DURATION} s; capacity ${CAPACITY} req/s\n`)
-console.log('| contender | goodput (2xx/s) | % of capacity | 2xx | 503 | other | p50 2xx (ms) | p99 2xx (ms) | p50 503 (ms) | p99 503 (ms) |')
-console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
-for (const r of rows) {
-  console.log(`| ${r.contender} | ${r.goodput.toFixed(1)} | ${(100 * r.goodput / CAPACITY).toFixed(1)} % | ${r.twoXX} | ${r.fiveOhThree} | ${r.other} | ${ms(r.p50ok)} | ${ms(r.p99ok)} | ${ms(r.p50shed)} | ${ms(r.p99shed)} |`)
-}
+console.log(lines.join('\n'))

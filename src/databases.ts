@@ -1,7 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { PgRequestDbs, RequestDb } from './db.js'
 import { alreadyRegistered, PgInvalidOptionError, PgNotReadyError, PgUnknownDatabaseError } from './errors.js'
-import { RESERVED_NAMES } from './options.js'
 import type { Pool, PgPool } from './pool.js'
 import type { Pressure } from './pressure.js'
 import { RequestHandle } from './request-db.js'
@@ -40,6 +39,8 @@ export interface Database {
   readonly pool: Pool
   /** `fastify.pg` for the default one, `fastify.pg.<name>` for the others. */
   readonly decorator: PgDecorator
+  /** Its shed requests' connections are closed (`closeShedConnections`). */
+  readonly closeShed: boolean
 }
 
 /*
@@ -85,7 +86,8 @@ function ownFace (scope: Scope): Face {
 
 /** `fastify.pg` in a context: its face (a context without databases of its own sees its parent's). */
 export function faceOf (scope: FastifyInstance): Face {
-  return (scope as Scope)[kFace] ?? NO_DEFAULT
+  // (Every context that can ask has one: `fastify.pg` and the hooks come with a first database.)
+  return (scope as Scope)[kFace] as Face
 }
 
 const kRegistered = Symbol('fastify-pg-pool.registered')
@@ -125,7 +127,7 @@ export function addDatabase (scope: FastifyInstance, database: Database): void {
 export function findDatabase (scope: FastifyInstance, name: string | undefined): Database | undefined {
   const face = faceOf(scope)
   if (name === undefined || name === DEFAULT) return face[kDefault]
-  if (RESERVED_NAMES.includes(name)) return undefined
+  // (A route's names are checked when it is added: never a member of fastify.pg here.)
   return (face[name] as { [kDatabase]?: Database } | undefined)?.[kDatabase]
 }
 
@@ -219,18 +221,19 @@ function requestDb (request: Req): RequestHandle {
 }
 
 /**
- * `request.dbs.<name>`: one handle per database a request uses. The route's own database is
- * `request.db`; on a route with a `fallback`, `request.db` is the handle of the database it got
- * its connection from, once it has one (before, another name gets a handle of its own: the
- * database it names, never a fallback).
+ * `request.dbs.<name>`: the handle of a database for this request, the same one each time. The
+ * route's own database is `request.db`; on a route with a `fallback`, `request.db` is the handle
+ * of the database it got its connection from, once it has one (before, a name gets a handle of
+ * its own: the database it names, never a fallback).
  */
 function handleOf (request: Req, database: Database): RequestHandle {
   const config = request.routeOptions.config as { pgPool?: object }
   const settings = routeSettings(config.pgPool)
+  // A name keeps the handle it gave first.
+  const known = request[kOthers]?.get(database)
+  if (known !== undefined) return known
   const main = request[kHandle]
   if (main === null ? settings.fallback === undefined && findDatabase(request.server, settings.db) === database : main.where === database.pool) return requestDb(request)
-  const handle = request[kOthers]?.get(database)
-  if (handle !== undefined) return handle
   const reply = request[kReply]
   if (reply === null) throw new PgNotReadyError()
   let others = otherSettings.get(settings)

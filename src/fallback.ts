@@ -42,8 +42,8 @@ export async function acquireOrFallBack (pool: Pool, fallback: Pool, options: Ac
       failedAt.delete(pool)
       return { pool, conn }
     } catch (error) {
-      // (A request that ended meanwhile fails on: its abort reason is not one of these.)
-      if (!FALLS_BACK.some((type) => error instanceof type)) throw error
+      // A request that ended meanwhile goes nowhere else.
+      if (!FALLS_BACK.some((type) => error instanceof type) || options.signal?.aborted === true) throw error
       failedAt.set(pool, performance.now())
       log.debug({ err: error }, 'fastify-pg-pool: no connection from the route\'s database; falling back')
     }

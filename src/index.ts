@@ -96,6 +96,7 @@ const plugin: FastifyPluginAsync<PgPoolOptions> = async (fastify, opts) => {
     name,
     label: name ?? DEFAULT,
     pool,
+    closeShed: options.closeShedConnections,
     decorator: {
       pool,
       query: pool.query.bind(pool),

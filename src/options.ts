@@ -59,6 +59,14 @@ export interface PgPoolPluginOptions {
    */
   underPressure?: UnderPressureOptions | false
   /**
+   * A request shed with `503 FST_PG_SATURATED` gets `Connection: close`, so its keep-alive
+   * connection is closed: for a load balancer that only moves a retry to another instance on a
+   * new connection. Off, the connection stays open for the client's retry (measured cheaper for
+   * both sides: see the README's Overload benchmark).
+   * @default false
+   */
+  closeShedConnections?: boolean
+  /**
    * A connection older than this is never handed out again: closed when idle, or when it comes
    * back if in use (SQLAlchemy's `pool_recycle`, HikariCP's `maxLifetime`). Keep it below the
    * shortest idle or session timeout between the app and the database (PgBouncer
@@ -164,6 +172,7 @@ export interface ResolvedOptions {
   /** 0: off. */
   readonly leakDetectionMs: number
   readonly underPressure: UnderPressureOptions | false
+  readonly closeShedConnections: boolean
   /** `underPressure` was given (not the default). */
   readonly underPressureGiven: boolean
   /** `undefined`: the default database. */
@@ -239,6 +248,7 @@ export const OPTIONS = {
   acquireTimeoutMs: pool(ms(1), 2000),
   sessionReset: pool(kind<'auto' | 'always' | false>("'auto', 'always' or false", (v) => v === 'auto' || v === 'always' || v === false)),
   maxWaiting: pool(count(0, true)),
+  closeShedConnections: pool(bool, false),
   underPressure: pool(kind<UnderPressureOptions | false>('@fastify/under-pressure options (an object), or false', (v) => v === false || isPlainObject(v)), {}),
   maxLifetimeMs: pool(ms(0, true), 30 * 60_000),
   maxLifetimeJitter: pool(kind<number>('a fraction >= 0 and < 1', (v) => typeof v === 'number' && v >= 0 && v < 1), 0.1),
@@ -489,6 +499,7 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     leakDetectionMs: orOff(get('leakDetectionMs'), 0),
     underPressure: get('underPressure'),
     underPressureGiven: has('underPressure'),
+    closeShedConnections: get('closeShedConnections'),
     name: has('name') ? get('name') : undefined,
     onConnect: verify === undefined
       ? onConnect

@@ -96,12 +96,17 @@ export function createPressure (
       // The cheapest answer there is: under overload this runs for most requests, and every
       // microsecond spent here is taken from the requests being served. The body is Fastify's
       // error shape, built once; no error object, no stack, no serializer. The keep-alive
-      // connection is closed: a client retrying in a tight loop pays a reconnect, and a load
-      // balancer may send the retry to another instance (measured in bench/overload.ts).
+      // connection stays open unless asked (closeShedConnections): a retry on it costs the
+      // server less than a new connection (measured in bench/overload.ts).
       let retryAfter = 0
-      for (const { pool } of by) retryAfter = Math.max(retryAfter, pool.retryAfter())
+      let close = false
+      for (const database of by) {
+        retryAfter = Math.max(retryAfter, database.pool.retryAfter())
+        close ||= database.closeShed
+      }
       for (const { pool } of by) pool.shed(request, retryAfter)
-      reply.code(503).header('retry-after', retryAfter).header('connection', 'close').type('application/json; charset=utf-8')
+      reply.code(503).header('retry-after', retryAfter).type('application/json; charset=utf-8')
+      if (close) reply.header('connection', 'close')
       return SATURATED_BODY
     }
     return userHandler?.(request, reply, type, value)

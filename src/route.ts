@@ -146,4 +146,4 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
   return settings
 }
 
-const isName = (value: unknown): value is string => typeof value === 'string' && value !== ''
+const isName = (value: unknown): value is string => value === 'default' || OPTIONS.name.kind.test(value)

@@ -437,22 +437,36 @@ t.test('after a fallback: request.dbs.<fallback> is request.db (one connection),
 })
 
 t.test('a request that ends while its checkout on the route database waits does not fall back', async (t) => {
-  const silent = await silentServer(t)
-  const app = await build(t, {}, { connectionString: `postgres://postgres:postgres@127.0.0.1:${silent}/postgres`, acquireTimeoutMs: 2000 })
-  const waiting = deferred()
-  app.get('/fallback', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => {
-    const result = req.db.query(current)
-    waiting.resolve()
-    return nameOf(await result)
-  })
-  const base = await listen(app)
-  const sent = send(base + '/fallback')
-  await waiting.promise
-  await until(() => app.pg.replica.stats().total === 1, 'the replica checkout is opening a connection')
-  sent.req.destroy()
-  await until(() => app.pg.replica.stats().total === 0, 'the checkout was abandoned')
-  await new Promise((resolve) => setTimeout(resolve, 100))
-  t.equal(app.pg.stats().acquires, 0, 'no checkout on the fallback database')
+  for (const how of ['connecting to a silent server', 'queued behind a held connection'] as const) {
+    const { stream, lines } = logLines()
+    const app = Fastify({ logger: { level: 'debug', stream } })
+    t.teardown(() => app.close())
+    await app.register(pgPool, { connectionString: db.url })
+    const replica = how === 'queued behind a held connection'
+      ? { connectionString: otherUrl, max: 1, maxWaiting: 10, acquireTimeoutMs: 5000 }
+      : { connectionString: `postgres://postgres:postgres@127.0.0.1:${await silentServer(t)}/postgres`, acquireTimeoutMs: 2000 }
+    await app.register(pgPool, { name: 'replica', underPressure: false, ...replica })
+    const { holding, release } = holdRoute(app, '/hold', { config: { pgPool: { db: 'replica' } } })
+    const waiting = deferred()
+    app.get('/fallback', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => {
+      const result = req.db.query(current)
+      waiting.resolve()
+      return nameOf(await result)
+    })
+    const base = await listen(app)
+    const held = how === 'queued behind a held connection' ? app.inject('/hold') : undefined
+    if (held !== undefined) await holding
+    const sent = send(base + '/fallback')
+    await waiting.promise
+    await until(() => how === 'queued behind a held connection' ? app.pg.replica.stats().waiting === 1 : app.pg.replica.stats().total === 1, 'the replica checkout waits')
+    sent.req.destroy()
+    await until(() => app.pg.replica.stats().waiting === 0 && app.pg.replica.stats().total === (held === undefined ? 0 : 1), 'the checkout was abandoned')
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    t.equal(app.pg.stats().acquires, 0, `${how}: no checkout on the fallback database`)
+    t.notOk(lines.some((l) => /falling back/.test(l.msg)), 'nor an attempt')
+    release()
+    await held
+  }
 })
 
 t.test('a route with a fallback skips a database that failed it for a second, then one request tries it again', async (t) => {
@@ -506,4 +520,30 @@ t.test('without shedding, a fallback route whose databases are both full tries i
   await new Promise((resolve) => setTimeout(resolve, 1000))
   t.equal((await app.inject('/fallback')).body, other, 'then served by its own database again')
   t.equal((await app.inject('/fallback')).body, other)
+})
+
+t.test('a name keeps its handle: request.dbs touched before the first statement of a fallback route settles', async (t) => {
+  const app = await build(t)
+  app.get('/early', { config: { pgPool: { db: 'replica', fallback: 'default' } } }, async (req) => {
+    const db = req.db
+    const replica = req.dbs.replica
+    const early = { replicaIsDb: replica === db, defaultIsDb: req.dbs.default === db }
+    await db.query('select 1')
+    return { ...early, stillSame: req.dbs.replica === replica, on: nameOf(await req.db.query(current)) }
+  })
+  await app.ready()
+  t.same((await app.inject('/early')).json(), { replicaIsDb: false, defaultIsDb: false, stillSame: true, on: other })
+})
+
+t.test('a fallback to a named database', async (t) => {
+  const down = `postgres://postgres:postgres@127.0.0.1:${await closedPort()}/postgres`
+  const app = await build(t, { connectionString: down })
+  app.get('/', { config: { pgPool: { fallback: 'replica' } } }, async (req) => nameOf(await req.db.query(current)))
+  await app.ready()
+  t.equal((await app.inject('/')).body, other)
+})
+
+t.test('a route naming a member of fastify.pg as its database: refused when added', async (t) => {
+  const app = await build(t)
+  t.throws(() => app.get('/x', { config: { pgPool: { db: 'pool' as 'replica' } } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION', message: /config\.pgPool\.db/ })
 })

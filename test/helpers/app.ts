@@ -49,13 +49,26 @@ export async function assertReturned (
 
 /**
  * A route that checks out a connection (one query) and holds it until the test calls
- * `release()`: `holding` resolves once it holds it.
+ * `release()`: `holding` resolves once it holds it. Its checkout is tried again when it misses
+ * the deadline (a cold pool's first connect can take longer than the short `acquireTimeoutMs`
+ * the tests of a full pool use, on a loaded machine); any other failure rejects `holding`, so a
+ * test never waits for a hold that cannot come.
  */
 export function holdRoute (app: FastifyInstance, path = '/hold', options: RouteShorthandOptions = {}): { holding: Promise<void>, release: () => void } {
   const holding = deferred()
   const release = deferred()
   app.get(path, options, async (req) => {
-    await req.db.query('select 1')
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await req.db.query('select 1')
+        break
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== 'FST_PG_ACQUIRE_TIMEOUT' || attempt === 20) {
+          holding.reject(error)
+          throw error
+        }
+      }
+    }
     holding.resolve()
     await release.promise
     return 'held'

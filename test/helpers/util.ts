@@ -6,13 +6,18 @@ import type { FastifyInstance } from 'fastify'
 export interface Deferred<T = void> {
   promise: Promise<T>
   resolve (value: T): void
+  reject (error: unknown): void
 }
 
 /** A promise the test settles itself: the barrier that makes lifecycle tests deterministic. */
 export function deferred<T = void> (): Deferred<T> {
   let resolve!: (value: T) => void
-  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
-  return { promise, resolve }
+  let reject!: (error: unknown) => void
+  const promise = new Promise<T>((_resolve, _reject) => {
+    resolve = _resolve
+    reject = _reject
+  })
+  return { promise, resolve, reject }
 }
 
 /**
