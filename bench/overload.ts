@@ -1,8 +1,9 @@
 /**
  * Overload: a pool of 10 connections, 50 ms queries (capacity 10 / 0.05 s = 200 requests/s),
- * 100 clients for BENCH_DURATION seconds, each on its own keep-alive connection, in two
+ * 100 clients for BENCH_DURATION seconds, each on its own keep-alive connection, in three
  * behaviours (bench/overload-clients.mjs, in its own process; latency measured there, at the
  * client):
+ *   flood    sends again at once after a 503 (autocannon's loop)
  *   retry    sends again 5 ms after a 503
  *   polite   waits what Retry-After says after a 503
  * Contenders, in one process, measured in interleaved rounds (median round kept):
@@ -13,7 +14,7 @@
  *   (c') the same with `Connection: close`
  * Not part of `npm test`: `npm run bench:overload`. DATABASE_URL (else an embedded PostgreSQL),
  * BENCH_DURATION (s per round, default 10), BENCH_ROUNDS (default 3), BENCH_CLIENTS (default 100),
- * BENCH_BEHAVIOURS (default "retry,polite").
+ * BENCH_BEHAVIOURS (default "flood,retry,polite").
  */
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -26,7 +27,7 @@ const exec = promisify(execFile)
 const DURATION = Number(process.env.BENCH_DURATION ?? 10)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 100)
-const BEHAVIOURS = (process.env.BENCH_BEHAVIOURS ?? 'retry,polite').split(',')
+const BEHAVIOURS = (process.env.BENCH_BEHAVIOURS ?? 'flood,retry,polite').split(',')
 const MAX = 10
 const QUERY_S = 0.05
 const CAPACITY = MAX / QUERY_S

@@ -247,6 +247,15 @@ const LOST_CODES = new Set(['FST_PG_CONNECTION_LOST', 'FST_PG_COMMIT_UNKNOWN'])
  * class 08, protocol_violation). A severity in another language falls back to the SQLSTATE.
  * Errors without one come from the socket or from pg itself.
  */
+/**
+ * The server ended the session because it sat idle (`idle_session_timeout`, SQLSTATE 57P05): a
+ * statement that met this answer had not reached it, and never ran. (A statement that arrives
+ * first stops the timer; the timeout fires only while nothing runs and no transaction is open.)
+ */
+export function neverRan (error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === '57P05'
+}
+
 export function isConnectionError (error: unknown): boolean {
   if (error === null || typeof error !== 'object') return false
   const { code, severity, message } = error as { code?: unknown, severity?: unknown, message?: unknown }

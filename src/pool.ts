@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks'
 import type { FastifyBaseLogger } from 'fastify'
 import type { PoolClient, PoolOptions, QueryResult } from 'pg'
-import { PgDoubleReleaseError, PgReleasedError, isConnectionError, lostConnectionError, noAnswerError } from './errors.js'
+import { PgDoubleReleaseError, PgReleasedError, isConnectionError, lostConnectionError, neverRan, noAnswerError } from './errors.js'
 import { Checkin } from './checkin.js'
 import { Checkout, type AcquireOptions } from './checkout.js'
 import type { Conn, Holder } from './conn.js'
@@ -183,7 +183,7 @@ export class Pool extends PoolContract implements PgPool {
     return guarded.client
   }
 
-  protected async run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined): Promise<QueryResult<any>> {
+  protected async run (textOrConfig: string | PgQueryConfig, values: unknown[] | undefined, resent = false): Promise<QueryResult<any>> {
     const conn = await this.acquire({ origin: this.#leaks.origin() })
     try {
       const result = await new Promise<QueryResult<any>>((resolve, reject) => {
@@ -199,7 +199,9 @@ export class Pool extends PoolContract implements PgPool {
       // A statement alone on its checkout: no session state of a request can be missing on a
       // fresh connection, so `retry` needs nothing more than the user's word that it is safe.
       const config = textOrConfig as PgQueryConfig | null
-      if (config?.retry === true) return await this.run({ ...config, retry: false }, values)
+      if (config?.retry === true) return await this.run({ ...config, retry: false }, values, true)
+      // The server had ended the idle session before the statement reached it: it never ran.
+      if (neverRan(error) && !resent) return await this.run(textOrConfig, values, true)
       throw lostConnectionError(error as Error, commits(textOrConfig))
     }
   }

@@ -9,6 +9,7 @@ import {
   PgTransactionEndedEarlyError,
   isConnectionError,
   lostConnectionError,
+  neverRan,
   noAnswerError,
   notSentError,
   refused,
@@ -52,6 +53,8 @@ interface Job {
   values: unknown[] | undefined
   /** `retry` was asked for and not used yet. */
   retry: boolean
+  /** It was sent again already (after it met a session the server had ended). */
+  resent: boolean
   /** The plugin's own transaction control: what to send, decided when it is sent. */
   plan: Plan | undefined
   resolve (result: QueryResult<any>): void
@@ -404,7 +407,7 @@ export class RequestHandle implements Runner {
     // Never inside a transaction (the route's, the plugin's or one the handler began), and never
     // once the session has state a fresh connection would lack (SET ROLE, set_config, temporary
     // tables: see session.ts): the statement would run with other rights, or see other rows.
-    const retry = job.retry && tx === 'I' && (this.#txs?.none ?? true) && !conn.dirty
+    const fresh = tx === 'I' && (this.#txs?.none ?? true) && !conn.dirty
     let step: Step | undefined
     let statement: unknown
     try {
@@ -426,9 +429,12 @@ export class RequestHandle implements Runner {
       state.running = undefined
       if (step?.after !== undefined) error = step.after(error, result) ?? error
       if (error === null) job.resolve(result as QueryResult<any>)
-      else if (isConnectionError(error) && retry && this.#state === state) {
+      // Sent again on another connection: when asked (`retry`), or once when the server had
+      // ended the idle session before the statement reached it (it never ran).
+      else if (isConnectionError(error) && fresh && (job.retry || (neverRan(error) && !job.resent)) && this.#state === state) {
         conn.failed(error)
         job.retry = false
+        job.resent = true
         this.#queue.unshift(job)
         return this.#move('acquiring')
       } else job.reject(this.#failure(conn, error, step === undefined ? commits(job.text) : step.commits))
@@ -492,7 +498,7 @@ export class RequestHandle implements Runner {
 }
 
 function newJob (text: string | PgQueryConfig, values: unknown[] | undefined, plan: Plan | undefined): Job {
-  const job: Job = { text, values, retry: typeof text === 'object' && text?.retry === true, plan, resolve: noop, reject: noop, promise: undefined }
+  const job: Job = { text, values, retry: typeof text === 'object' && text?.retry === true, resent: false, plan, resolve: noop, reject: noop, promise: undefined }
   // Kept for a refusal to mark handled: a `retry` statement can go back into the queue.
   job.promise = new Promise<QueryResult<any>>((resolve, reject) => {
     job.resolve = resolve

@@ -101,6 +101,8 @@ interface Pair {
   forgotten: boolean
   /** Cut by a rule: nothing more is forwarded either way. */
   cut: boolean
+  /** What the server sent while its replies are withheld (`withholdReplies`), and whether it ended. */
+  withheld: { chunks: Buffer[], ended: boolean } | undefined
   /** Not parsed: the client asked for encryption. */
   opaque: boolean
   fromClient: Messages
@@ -192,6 +194,28 @@ export class TcpProxy {
     return () => this.#rules.delete(rule)
   }
 
+  /**
+   * On current connections: what the server sends from now on (its end too) is kept from the
+   * client until `releaseReplies()`, while the client's messages still reach the server. A FATAL
+   * the server sent is then read after a statement the client sent meanwhile.
+   */
+  withholdReplies (): void {
+    for (const pair of this.#pairs) pair.withheld ??= { chunks: [], ended: false }
+  }
+
+  releaseReplies (): void {
+    for (const pair of [...this.#pairs]) {
+      const withheld = pair.withheld
+      if (withheld === undefined) continue
+      pair.withheld = undefined
+      for (const chunk of withheld.chunks) pair.client.write(chunk)
+      if (withheld.ended) {
+        this.#pairs.delete(pair)
+        pair.client.end()
+      }
+    }
+  }
+
   /** Stops listening: new connections are refused (the address is gone), open ones carry on. */
   stopListening (): void {
     this.#server.close()
@@ -213,6 +237,7 @@ export class TcpProxy {
       silent: false,
       forgotten: false,
       cut: false,
+      withheld: undefined,
       opaque: false,
       fromClient: new Messages(true, 'QP'),
       fromServer: new Messages(false, ''),
@@ -222,26 +247,33 @@ export class TcpProxy {
       cutAtReady: undefined
     }
     this.#pairs.add(pair)
-    const forward = (from: Socket, to: Socket, filter: (chunk: Buffer) => Filtered): void => {
+    const forward = (from: Socket, to: Socket, filter: (chunk: Buffer) => Filtered, flowing = (): boolean => true): void => {
       from.on('data', (chunk: Buffer) => {
         if (pair.forgotten) {
           from.resetAndDestroy()
           to.resetAndDestroy()
-        } else if (!pair.silent && !pair.cut) {
+        } else if (!pair.silent && !pair.cut && flowing()) {
           const { data, cut } = filter(chunk)
           to.write(data)
           if (cut) this.#cut(pair)
         }
       })
-      from.on('end', () => { if (!pair.silent && !pair.cut) to.end() })
+      from.on('end', () => { if (!pair.silent && !pair.cut && flowing()) to.end() })
       from.on('error', () => {})
       from.on('close', () => {
+        if (!flowing()) return
         this.#pairs.delete(pair)
         if (!pair.silent && !pair.cut) to.destroy()
       })
     }
     forward(client, upstream, (chunk) => this.#fromClient(pair, chunk))
-    forward(upstream, client, (chunk) => this.#fromServer(pair, chunk))
+    // The server's side, unless its replies are withheld: then kept, its end too, for later.
+    upstream.on('data', (chunk: Buffer) => {
+      if (pair.withheld !== undefined) pair.withheld.chunks.push(chunk)
+    })
+    upstream.on('end', () => { if (pair.withheld !== undefined) pair.withheld.ended = true })
+    upstream.on('close', () => { if (pair.withheld !== undefined) pair.withheld.ended = true })
+    forward(upstream, client, (chunk) => this.#fromServer(pair, chunk), () => pair.withheld === undefined)
   }
 
   /** What to forward of a client chunk, and whether a rule cuts the connection after it. */
