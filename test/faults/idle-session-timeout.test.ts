@@ -18,6 +18,8 @@ t.test('idle_session_timeout 200 ms, requests spaced 300 ms apart: zero failed r
   }
   const result = summary(outcomes)
   t.comment(`idle-session-timeout: ${JSON.stringify(result)}`)
+  // (What failed, if anything: the code and its cause, to tell one race from another.)
+  for (const o of outcomes.filter((o) => o.status >= 400)) t.comment(`failed: ${JSON.stringify(o.body)}`)
   t.equal(result.failed, 0)
   t.ok(new Set(outcomes.map((o) => o.body.pid)).size >= 6, 'sessions were closed by the server and replaced')
 })
