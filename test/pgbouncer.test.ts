@@ -167,8 +167,14 @@ if ('skip' in found) {
     await bouncer.admin(`resume ${bouncer.database}`)
     // PgBouncer retries its server login after server_login_retry (1 s in the test config).
     await until(async () => (await app.inject('/n')).statusCode === 200, 'the app serves again', 5000)
-    // (4 connections, and 8 may wait: max + maxWaiting at once)
-    const after = await Promise.all(Array.from({ length: 12 }, () => app.inject('/n')))
-    t.same(after.map((res) => res.statusCode), Array(12).fill(200), 'after RESUME: every request served')
+    // A full batch (4 connections, and 8 may wait: max + maxWaiting at once) is served without a
+    // restart. (Tried again while the pool reopens its connections: on a loaded machine one
+    // opened through PgBouncer can take longer than this test's 300 ms deadline.)
+    let statuses: number[] = []
+    await until(async () => {
+      statuses = (await Promise.all(Array.from({ length: 12 }, () => app.inject('/n')))).map((res) => res.statusCode)
+      return statuses.every((status) => status === 200)
+    }, 'a full batch is served', 10_000)
+    t.same(statuses, Array(12).fill(200), 'after RESUME: every request of a batch served')
   })
 }
