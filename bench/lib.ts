@@ -3,6 +3,7 @@
  * autocannon run in its own process so the load generator does not take the server's event loop.
  */
 import { execFile } from 'node:child_process'
+import { availableParallelism } from 'node:os'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
@@ -38,12 +39,27 @@ export interface Measured {
   cpuUs: number
 }
 
+/**
+ * BENCH_PIN=1 (with 2 cores or more, and `taskset`): the server (this process) runs on core 0,
+ * the load generator and an embedded PostgreSQL on the others, so they do not take turns on
+ * the server's core and its CPU per request is measured apart from theirs.
+ */
+const PIN = process.env.BENCH_PIN === '1'
+const OTHERS = `1-${Math.max(1, availableParallelism() - 1)}`
+if (PIN) await exec('taskset', ['-acp', '0', String(process.pid)])
+
+/** A command as the load generator runs it: on the other cores when pinned. */
+export function loadCommand (args: string[]): [string, string[]] {
+  return PIN ? ['taskset', ['-c', OTHERS, process.execPath, ...args]] : [process.execPath, args]
+}
+
 /** autocannon in a child process; its JSON summary. */
 export async function autocannon (url: string, connections: number, duration: number): Promise<any> {
-  const { stdout } = await exec(process.execPath, [
+  const [command, args] = loadCommand([
     'node_modules/autocannon/autocannon.js', '--json', '--timeout', '30',
     '-c', String(connections), '-d', String(duration), url
-  ], { maxBuffer: 64 * 1024 * 1024 })
+  ])
+  const { stdout } = await exec(command, args, { maxBuffer: 64 * 1024 * 1024 })
   return JSON.parse(stdout)
 }
 
@@ -83,6 +99,8 @@ export async function database (): Promise<{ url: string, stop: () => Promise<vo
   if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, stop: async () => {} }
   const embedded = new EmbeddedServer()
   await embedded.start()
+  // (Its backends inherit the postmaster's cores.)
+  if (PIN) await exec('taskset', ['-acp', OTHERS, String(embedded.postmasterPid())])
   return { url: embedded.url(), stop: () => embedded.stop() }
 }
 
