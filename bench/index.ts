@@ -2,7 +2,8 @@
  * `npm run bench`: every scenario, every contender in the same run, against a real local
  * PostgreSQL; prints markdown tables. Not part of `npm test`.
  * Environment: DATABASE_URL (else an embedded PostgreSQL), BENCH_DURATION (s per round,
- * default 5), BENCH_ROUNDS (default 3), BENCH_ONLY (comma-separated scenario names).
+ * default 5), BENCH_ROUNDS (default 3), BENCH_ONLY (comma-separated scenario names), BENCH_PIN=1
+ * (the server on core 0, the load generator and PostgreSQL on the others: see lib.ts).
  */
 import { cpus, totalmem } from 'node:os'
 import pg from 'pg'
