@@ -90,8 +90,8 @@ export function faceOf (scope: FastifyInstance): Face {
 }
 
 const kRegistered = Symbol('fastify-pg-pool.registered')
-/** Every database registered in an app, and where: kept on the app's root instance. */
-type Registered = Array<{ readonly scope: object, readonly name: string | undefined }>
+/** Every database registered in an app, and the context it was registered in: kept on the app's root instance. */
+type Registered = Array<{ readonly scope: object, readonly database: Database }>
 
 function registeredIn (scope: FastifyInstance): Registered {
   let root: object = scope
@@ -100,18 +100,21 @@ function registeredIn (scope: FastifyInstance): Registered {
   return (holder[kRegistered] ??= [])
 }
 
+/** `other` is `scope` or one of its parents: what is registered there is seen in `scope`. */
+const seenFrom = (scope: object, other: object): boolean => other === scope || Object.prototype.isPrototypeOf.call(other, scope)
+
 /**
  * Fails if a database of this name (or a default one) is registered in this context, a parent
  * or a child (whichever came first): one would shadow the other. Siblings may share a name.
  */
 export function checkNew (scope: FastifyInstance, name: string | undefined): void {
-  const related = (other: object): boolean => other === scope || Object.prototype.isPrototypeOf.call(other, scope) || Object.prototype.isPrototypeOf.call(scope, other)
-  if (registeredIn(scope).some((entry) => entry.name === name && related(entry.scope))) throw alreadyRegistered(name)
+  const related = (other: object): boolean => seenFrom(scope, other) || seenFrom(other, scope)
+  if (registeredIn(scope).some((entry) => entry.database.name === name && related(entry.scope))) throw alreadyRegistered(name)
 }
 
 /** Adds a database to the context it was registered in (`checkNew` said it was new). */
 export function addDatabase (scope: FastifyInstance, database: Database): void {
-  registeredIn(scope).push({ scope, name: database.name })
+  registeredIn(scope).push({ scope, database })
   const face = ownFace(scope as Scope)
   if (database.name === undefined) {
     face[kDefault] = database
@@ -130,17 +133,13 @@ export function findDatabase (scope: FastifyInstance, name: string | undefined):
   return (face[name] as { [kDatabase]?: Database } | undefined)?.[kDatabase]
 }
 
-/** Every database seen in a context, the default one first. */
+/**
+ * Every database seen in a context, the default one first (no two of them share a name: one
+ * registered where another of its name is seen is refused).
+ */
 export function databasesOf (scope: FastifyInstance): Database[] {
-  const face = faceOf(scope)
-  const found = face[kDefault] === undefined ? [] : [face[kDefault]]
-  for (let f: object = face; f !== NO_DEFAULT; f = Object.getPrototypeOf(f)) {
-    for (const key of Object.keys(f)) {
-      const database = (f as Face)[key] as { [kDatabase]?: Database } | undefined
-      if (database?.[kDatabase] !== undefined && findDatabase(scope, key) === database[kDatabase]) found.push(database[kDatabase])
-    }
-  }
-  return found
+  const seen = registeredIn(scope).filter((entry) => seenFrom(scope, entry.scope)).map((entry) => entry.database)
+  return [...seen.filter((d) => d.name === undefined), ...seen.filter((d) => d.name !== undefined)]
 }
 
 /**

@@ -198,10 +198,9 @@ export class Pool extends PoolContract implements PgPool {
       if (!isConnectionError(error)) throw error
       // A statement alone on its checkout: no session state of a request can be missing on a
       // fresh connection, so `retry` needs nothing more than the user's word that it is safe.
-      const config = textOrConfig as PgQueryConfig | null
-      if (config?.retry === true) return await this.run({ ...config, retry: false }, values, true)
-      // The server had ended the idle session before the statement reached it: it never ran.
-      if (neverRan(error) && !resent) return await this.run(textOrConfig, values, true)
+      // Or it never ran: the server had ended the idle session before the statement reached it.
+      // Sent again once at most.
+      if (!resent && ((textOrConfig as PgQueryConfig | null)?.retry === true || neverRan(error))) return await this.run(textOrConfig, values, true)
       throw lostConnectionError(error as Error, commits(textOrConfig))
     }
   }

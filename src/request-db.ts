@@ -51,9 +51,9 @@ const RELEASED: State = { kind: 'released' }
 interface Job {
   text: string | PgQueryConfig
   values: unknown[] | undefined
-  /** `retry` was asked for and not used yet. */
-  retry: boolean
-  /** It was sent again already (after it met a session the server had ended). */
+  /** `retry` was asked for. */
+  readonly retry: boolean
+  /** It was sent again already: once at most, asked for (`retry`) or not (it never ran). */
   resent: boolean
   /** The plugin's own transaction control: what to send, decided when it is sent. */
   plan: Plan | undefined
@@ -431,9 +431,8 @@ export class RequestHandle implements Runner {
       if (error === null) job.resolve(result as QueryResult<any>)
       // Sent again on another connection: when asked (`retry`), or once when the server had
       // ended the idle session before the statement reached it (it never ran).
-      else if (isConnectionError(error) && fresh && (job.retry || (neverRan(error) && !job.resent)) && this.#state === state) {
+      else if (isConnectionError(error) && fresh && !job.resent && (job.retry || neverRan(error)) && this.#state === state) {
         conn.failed(error)
-        job.retry = false
         job.resent = true
         this.#queue.unshift(job)
         return this.#move('acquiring')

@@ -14,18 +14,22 @@ import { setupDatabase } from '../helpers/postgres.js'
 const db = await setupDatabase(t)
 await db.admin('create table co (n int)')
 
+/** Two inserts, not awaited, then a cursor counting the rows: what the cursor saw. */
+async function insertsThenCursor (c: { query: (...args: any[]) => any }): Promise<number> {
+  const a = c.query('insert into co values (1)')
+  const b = c.query('insert into co values (2)')
+  const cur = c.query(new Cursor('select count(*)::int n from co'))
+  const rows = await cur.read(10)
+  await new Promise<void>((resolve) => cur.close(() => resolve()))
+  await a; await b
+  return rows[0].n
+}
+
 t.test('connection() client: statements issued before a cursor run before it (as with pg)', async (t) => {
   const app = await buildApp(t, db, { max: 1 })
   app.get('/', async (req) => {
     await req.db.query('delete from co')
-    const c = await req.db.connection()
-    const a = c.query('insert into co values (1)')
-    const b = c.query('insert into co values (2)')
-    const cur = c.query(new Cursor('select count(*)::int n from co'))
-    const rows = await cur.read(10)
-    await new Promise<void>((resolve) => cur.close(() => resolve()))
-    await a; await b
-    return { seen: rows[0].n }
+    return { seen: await insertsThenCursor(await req.db.connection()) }
   })
   const res = await app.inject('/')
   t.same(res.json(), { seen: 2 }, 'the cursor sees both inserts issued before it')
@@ -36,13 +40,7 @@ t.test('pg raw: same sequence', async (t) => {
   const c = new pg.Client({ connectionString: db.url })
   await c.connect()
   await c.query('delete from co')
-  const a = c.query('insert into co values (1)')
-  const b = c.query('insert into co values (2)')
-  const cur = c.query(new Cursor('select count(*)::int n from co'))
-  const rows = await cur.read(10)
-  await new Promise<void>((resolve) => cur.close(() => resolve()))
-  await a; await b
-  t.equal(rows[0].n, 2)
+  t.equal(await insertsThenCursor(c), 2)
   await c.end()
 })
 
