@@ -12,8 +12,9 @@ import { hygiene } from './hygiene.js'
 import { memory } from './memory.js'
 import { overhead } from './overhead.js'
 import { preping } from './preping.js'
+import { prepared } from './prepared.js'
 
-const scenarios = { overhead, preping, hygiene, memory }
+const scenarios = { overhead, prepared, preping, hygiene, memory }
 const only = process.env.BENCH_ONLY?.split(',')
 
 const db = await database()

@@ -3,6 +3,7 @@ import type { Client } from 'pg'
 import { isConnectionError } from './errors.js'
 import { noop } from './deadline.js'
 import { destroySocket, forgetPrepared, isReadTimeout } from './pg-internals.js'
+import type { Statements } from './prepare.js'
 
 /** Why a connection left the pool for good. */
 export type DestroyReason = 'error' | 'ping' | 'suspect' | 'idle' | 'lifetime' | 'uses' | 'close' | 'unpooled' | 'stuck'
@@ -60,6 +61,9 @@ export class Conn {
    */
   cancelled = false
 
+  /** The statements the plugin prepared on it (see prepare.ts), once it prepared one. */
+  statements: Statements | undefined = undefined
+
   readonly #onLost: (conn: Conn, error: Error | undefined) => void
 
   /** `onLost` hears of the first sign that the connection died under us (with pg's error, if it gave one). */
@@ -94,6 +98,7 @@ export class Conn {
   /** After DISCARD ALL: nothing of the last checkout's session is left. */
   sessionReset (): void {
     this.dirty = false
+    this.statements?.clear()
     forgetPrepared(this.client)
   }
 

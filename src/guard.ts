@@ -20,6 +20,8 @@ export interface GuardedClient {
   closeCursors (why: Error): void
 }
 
+type Callback = (error: Error | null, result?: unknown) => void
+
 const LISTENER_METHODS = ['on', 'addListener', 'once', 'prependListener', 'prependOnceListener'] as const
 type ListenerMethod = typeof LISTENER_METHODS[number]
 
@@ -35,6 +37,8 @@ export function guardClient (
   release: (error?: Error | boolean) => void,
   /** Sees every statement before it is sent; returns the one to send, or throws to refuse it. */
   admit: (statement: unknown) => unknown,
+  /** Hands an admitted statement (not a cursor or stream) to pg; its outcome reaches `callback` (Wire.call). */
+  send: (statement: unknown, values: unknown, callback: Callback) => void,
   /** Told of every statement refused, and of every COMMIT whose outcome is unknown (to log them). */
   notify: (error: Error) => void = noop
 ): GuardedClient {
@@ -57,18 +61,17 @@ export function guardClient (
         cursors.push(first as Submittable)
         return (client.query as (...a: unknown[]) => unknown)(...args)
       }
+      // pg's forms: (statement, callback), (statement, values, callback), and the promise ones.
+      const values = typeof args[1] === 'function' ? undefined : args[1]
       // A lost connection reaches the caller as a coded error (a COMMIT's outcome as unknown).
-      const lost = (e: unknown): unknown => {
-        if (!isConnectionError(e)) return e
-        const coded = lostConnectionError(e as Error, commits(args[0]))
+      const settle = (callback: Callback): void => send(args[0], values, (e, result) => {
+        if (e == null || !isConnectionError(e)) return callback(e, result)
+        const coded = lostConnectionError(e, commits(args[0]))
         if (coded instanceof PgCommitUnknownError) notify(coded)
-        return coded
-      }
-      if (typeof last === 'function') {
-        args[args.length - 1] = (e: unknown, result: unknown) => (last as (e: unknown, r: unknown) => void)(e == null ? e : lost(e), result)
-        return (client.query as (...a: unknown[]) => unknown)(...args)
-      }
-      return ((client.query as (...a: unknown[]) => Promise<unknown>)(...args)).catch((e: unknown) => { throw lost(e) })
+        callback(coded, result)
+      })
+      if (typeof last === 'function') return settle(last as Callback)
+      return new Promise((resolve, reject) => settle((e, result) => e == null ? resolve(result) : reject(e)))
     }
     notify(error as Error)
     if (typeof last === 'function') return process.nextTick(last as (e: Error) => void, error)

@@ -114,6 +114,22 @@ export interface PgPoolPluginOptions {
    */
   pgbouncer?: boolean
   /**
+   * Statements with parameters are prepared once per connection and then run by name: the server
+   * parses and plans them once per connection instead of once per run (pgx and postgres.js do the
+   * same). A statement the server no longer knows (`DEALLOCATE`, `DISCARD ALL`) or whose result
+   * columns changed (`ALTER TABLE`) is prepared again and sent once more when nothing else ran in
+   * between. A route can say otherwise (`config.pgPool.prepare`), and a statement
+   * (`{ text, values, prepare: false }`). Off behind PgBouncer (`pgbouncer: true`).
+   * @default true (false with `pgbouncer: true`)
+   */
+  prepare?: boolean
+  /**
+   * How many prepared statements each connection keeps (see `prepare`): past it, the least
+   * recently used one is deallocated when its connection comes back to the pool.
+   * @default 100
+   */
+  statementCacheSize?: number
+  /**
    * A checkout held longer than this logs one warning with its route, method, request id, held
    * time and the stack where it was checked out. Connections of a request are returned when it
    * ends, so this finds requests that do not end (a hung handler holds its connection as long as
@@ -139,6 +155,8 @@ export interface PgPoolPluginOptions {
  */
 export interface PgQueryConfig<I = any[]> extends QueryConfig<I> {
   retry?: boolean
+  /** `false`: sent unprepared, whatever the plugin's or the route's `prepare` says. */
+  prepare?: boolean
 }
 
 /** Everything `fastify.register(pgPool, opts)` accepts. */
@@ -168,6 +186,8 @@ export interface ResolvedOptions {
   /** 0: none. */
   readonly statementTimeoutMs: number
   readonly pgbouncer: boolean
+  readonly prepare: boolean
+  readonly statementCacheSize: number
   readonly pooling: boolean
   /** 0: off. */
   readonly leakDetectionMs: number
@@ -256,6 +276,8 @@ export const OPTIONS = {
   cancelGraceMs: pool(ms(1), 500),
   statementTimeoutMs: pool(ms(0, true), 0),
   pgbouncer: pool(bool, false),
+  prepare: pool(bool),
+  statementCacheSize: pool(count(1), 100),
   leakDetectionMs: pool(ms(0, true), 0),
   pooling: pool(bool, true),
   // pg-pool's.
@@ -471,6 +493,11 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     fail('sessionReset', 'false with pgbouncer: true (in transaction mode a reset would run on whichever server connection PgBouncer picks)', sessionReset)
   }
 
+  const prepare = has('prepare') ? get('prepare') : !pgbouncer
+  if (pgbouncer && prepare) {
+    fail('prepare', 'false with pgbouncer: true (in transaction mode a statement prepared on one server connection is unknown on the next; PgBouncer 1.18 cannot keep them)', prepare)
+  }
+
   const lifetime = has('maxLifetimeMs') || !has('maxLifetimeSeconds') ? get('maxLifetimeMs') : get('maxLifetimeSeconds') * 1000
   const verify = has('verify') ? get('verify') : undefined
   const onConnect = has('onConnect') ? get('onConnect') : undefined
@@ -495,6 +522,8 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     sessionReset,
     statementTimeoutMs,
     pgbouncer,
+    prepare,
+    statementCacheSize: get('statementCacheSize'),
     pooling,
     leakDetectionMs: orOff(get('leakDetectionMs'), 0),
     underPressure: get('underPressure'),

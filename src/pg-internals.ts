@@ -9,7 +9,7 @@ import pg, { type Client } from 'pg'
  * | --- | --- |
  * | `client.readyForQuery`, `_activeQuery`, `_queryQueue` (`_sentQueryQueue` when pipelining) | `busy()`: is a statement running or queued? `settling()`: or did one just fail? |
  * | `client` emits 'drain' when the last of them settles | waiting for a running statement |
- * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL; the Query subclass |
+ * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL or DEALLOCATE; which of the plugin's statements exist; the Query subclass |
 | `client.connection.stream` is the socket | closing a client still connecting |
  * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()` | the statement timeout sent in front of a statement (timed-query.ts) |
  * | `connection.query/parse/bind/execute` write one message each | the same |
@@ -100,6 +100,25 @@ export function forgetPrepared (client: Client): void {
   const { connection } = internals(client)
   connection.parsedStatements = {}
   connection.submittedNamedStatements = {}
+}
+
+/** pg recorded `name` as prepared on this connection (its Parse was answered). */
+export function isPrepared (client: Client, name: string): boolean {
+  return internals(client).connection.parsedStatements[name] !== undefined
+}
+
+/** The server dropped these statements (DEALLOCATE), or never had them: pg must prepare them again. */
+export function forgetStatements (client: Client, names: string[]): void {
+  const { connection } = internals(client)
+  for (const name of names) {
+    delete connection.parsedStatements[name]
+    delete connection.submittedNamedStatements[name]
+  }
+}
+
+/** Statements handed to pg wait behind the one running (not yet written). */
+export function waiting (client: Client): boolean {
+  return internals(client)._queryQueue.length > 0
 }
 
 /** Lets the process exit while this client's socket is open (`allowExitOnIdle`), or not. */

@@ -179,7 +179,7 @@ export class Pool extends PoolContract implements PgPool {
       if (error) conn.condemn('error')
       guarded.close(new PgReleasedError())
       this.release(conn, error === false ? undefined : error)
-    }, (statement) => this.wire.admit(conn, statement))
+    }, (statement) => this.wire.admit(conn, statement), (statement, values, callback) => this.wire.call(conn, statement, values, callback, this.wire.prepares))
     return guarded.client
   }
 

@@ -117,6 +117,8 @@ export class RequestHandle implements Runner {
   #origin: Error | undefined
   /** Which statements carry the statement timeout, when one travels with them (see send.ts). */
   #clock: Clock | undefined
+  /** Statements with parameters are prepared: the route's word, else its database's. */
+  #prepare: boolean
   /** `pool`, made on first use. */
   #view: RequestPool | undefined
   /** Every pg.Pool view of this request's dbs: none gives a turn after the end. */
@@ -130,6 +132,7 @@ export class RequestHandle implements Runner {
     this.#log = label === undefined ? request.log : request.log.child({ db: label })
     this.#holder = request
     this.#clock = pool.wire.clock(settings.statementTimeoutMs)
+    this.#prepare = settings.prepare ?? pool.wire.prepares
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
     if (ended(response)) this.#end(false)
@@ -273,6 +276,7 @@ export class RequestHandle implements Runner {
         const step = frames !== undefined && frames.size > 0 ? frames.translate(statement, conn.client.getTransactionStatus()) : undefined
         return this.#pool.wire.admit(conn, step === undefined ? statement : step.statement)
       },
+      (statement, values, callback) => this.#pool.wire.call(conn, statement, values, callback, this.#prepare),
       (error) => this.#warn(error)
     )
     this.#clients?.set(scope, guarded)
@@ -372,6 +376,7 @@ export class RequestHandle implements Runner {
     if (got.pool === fallback.pool) {
       this.#pool = fallback.pool
       this.#clock = fallback.pool.wire.clock(this.#settings.statementTimeoutMs)
+      this.#prepare = this.#settings.prepare ?? fallback.pool.wire.prepares
       this.#log = fallback.label === undefined ? this.#holder.log : this.#holder.log.child({ db: fallback.label })
     }
     return got.conn
@@ -443,7 +448,7 @@ export class RequestHandle implements Runner {
     // pg may not know yet and would write it, and a COMMIT written then would read as unknown.
     if (conn.dead || conn.stuck) return done(notSentError(new Error(conn.dead ? 'the connection was already lost' : 'the connection stopped answering')))
     try {
-      this.#pool.wire.send(conn, statement, job.values, this.#clock, done)
+      this.#pool.wire.send(conn, statement, job.values, this.#clock, done, this.#prepare)
     } catch (error) {
       // Refused by the wire (session state behind PgBouncer), or by pg at once (a malformed call).
       done(error as Error)

@@ -33,6 +33,12 @@ export interface PgRouteConfig {
    * has not replayed yet, and the fallback takes the replica's load. Off when unset.
    */
   fallback?: PgDatabaseName | 'default'
+  /**
+   * Whether this route's statements with parameters are prepared (see the plugin's `prepare`),
+   * on every database it uses (never behind PgBouncer).
+   * @default the plugin's `prepare`
+   */
+  prepare?: boolean
 }
 
 /** A route's settings after validation, as the request handle reads them. */
@@ -45,9 +51,11 @@ export interface RouteSettings {
   readonly db: string | undefined
   /** The database `request.db` falls back to, by name. */
   readonly fallback: string | undefined
+  /** Whether its statements are prepared, when the route says. */
+  readonly prepare: boolean | undefined
 }
 
-export const NONE: RouteSettings = { transaction: undefined, statementTimeoutMs: undefined, db: undefined, fallback: undefined }
+export const NONE: RouteSettings = { transaction: undefined, statementTimeoutMs: undefined, db: undefined, fallback: undefined, prepare: undefined }
 /**
  * Keyed by each route's own copy of its `config.pgPool`, made when the route was added: a config
  * object shared by several routes, or reaching a route this plugin never saw, has no entry.
@@ -68,7 +76,7 @@ export function knownSettings (config: object | undefined): RouteSettings {
   return (config === undefined ? undefined : settingsOf.get(config)) ?? NONE
 }
 
-const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs', 'db', 'fallback']
+const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs', 'db', 'fallback', 'prepare']
 
 const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && [Object.prototype, null].includes(Object.getPrototypeOf(v))
@@ -111,8 +119,9 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
   }
   if (!isObject(config)) return fail('', 'an object', config)
   known(config, ROUTE_KEYS, '')
-  const { shedding, transaction, statementTimeoutMs, db, fallback } = config as PgRouteConfig
+  const { shedding, transaction, statementTimeoutMs, db, fallback, prepare } = config as PgRouteConfig
   if (shedding !== undefined && typeof shedding !== 'boolean') fail('.shedding', 'true or false', shedding)
+  if (prepare !== undefined && typeof prepare !== 'boolean') fail('.prepare', 'true or false', prepare)
   let begin: TransactionOptions | undefined
   if (transaction === true) begin = {}
   else if (transaction !== undefined && transaction !== false) {
@@ -135,7 +144,8 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
     transaction: begin,
     statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeoutMs || 0,
     db,
-    fallback
+    fallback,
+    prepare
   }
   settingsOf.set(own, settings)
   if (begin !== undefined) {

@@ -1,7 +1,8 @@
 import { PgSessionStateError } from './errors.js'
 import type { Conn } from './conn.js'
 import type { ResolvedOptions } from './options.js'
-import { TimedQuery } from './pg-internals.js'
+import { busy, TimedQuery, waiting } from './pg-internals.js'
+import { named, preparable, staleStatement, Statements } from './prepare.js'
 import { changesSession } from './session.js'
 import { lex, textOf } from './sql.js'
 
@@ -118,16 +119,45 @@ export class Wire {
 
   /**
    * Admits `statement` and hands it to pg, with the timeout `clock` gives it. Throws when it is
-   * refused (nothing was sent); pg's own answer, or its refusal, reaches `callback`.
+   * refused (nothing was sent); pg's own answer, or its refusal, reaches `callback`. `prepare`:
+   * the route's word, where it has one.
    */
-  send (conn: Conn, statement: unknown, values: unknown, clock: Clock | undefined, callback: Callback): void {
-    const { client } = conn
+  send (conn: Conn, statement: unknown, values: unknown, clock: Clock | undefined, callback: Callback, prepare = this.prepares): void {
     const admitted = this.admit(conn, statement)
-    const ms = clock?.next(admitted, client.getTransactionStatus())
+    const ms = clock?.next(admitted, conn.client.getTransactionStatus())
     // (With a clock, each statement carries its own bound; else pg's client-wide one applies.)
-    const sent = clock === undefined ? admitted : bounded(admitted, clock.bound)
-    if (ms === undefined) (client.query as (...args: unknown[]) => unknown)(sent, values, callback)
-    else client.query(new TimedQuery(ms, sent, values, callback) as never)
+    this.call(conn, clock === undefined ? admitted : bounded(admitted, clock.bound), values, callback, prepare, ms)
+  }
+
+  /** Statements with parameters are prepared (see prepare.ts): never behind PgBouncer. */
+  get prepares (): boolean {
+    return this.#opts.prepare
+  }
+
+  /**
+   * Hands an admitted statement to pg (`ms`: a statement timeout in front of it), prepared when
+   * `prepare` says so and it has parameters. One the server refuses by name because it dropped it
+   * or its plan went stale never ran: it is prepared again and sent once more, when nothing else
+   * can have run in between (no transaction open, nothing queued ahead of it or behind it).
+   */
+  call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, ms?: number): void {
+    const { client } = conn
+    const submit = (sent: unknown, done: Callback): void => {
+      if (ms === undefined) (client.query as (...args: unknown[]) => unknown)(sent, values, done)
+      else client.query(new TimedQuery(ms, sent, values, done) as never)
+    }
+    const text = prepare && !this.#opts.pgbouncer ? preparable(statement, values) : undefined
+    if (text === undefined) return submit(statement, callback)
+    const statements = conn.statements ??= new Statements(this.#opts.statementCacheSize)
+    const alone = !busy(client) && client.getTransactionStatus() === 'I'
+    const name = statements.nameOf(text)
+    submit(named(statement, text, name), (error, result) => {
+      const stale = error === null ? undefined : staleStatement(error)
+      if (stale === undefined) return callback(error, result)
+      statements.drop(client, text, name, stale.gone)
+      if (alone && !waiting(client)) submit(named(statement, text, statements.nameOf(text)), callback)
+      else callback(error, result)
+    })
   }
 }
 

@@ -64,6 +64,18 @@ test('route config opts out of shedding; retry is a query option', () => {
   })
 })
 
+test('prepared statements: a plugin option, a route option, a statement option', () => {
+  expect(app.register(pgPool, { prepare: false, statementCacheSize: 200 })).type.not.toRaiseError()
+  expect(app.register(pgPool, { statementCacheSize: '200' })).type.toRaiseError()
+  expect(app.get('/p', { config: { pgPool: { prepare: false } } }, async () => 'ok')).type.not.toRaiseError()
+  expect(app.get('/p', { config: { pgPool: { prepare: 'no' } } }, async () => 'ok')).type.toRaiseError()
+  app.get('/', async (req) => {
+    expect(req.db.query({ text: 'select $1::int', values: [1], prepare: false })).type.toBe<Promise<QueryResult<any>>>()
+    expect(app.pg.query({ text: 'select $1::int', values: [1], prepare: false })).type.toBe<Promise<QueryResult<any>>>()
+    return 'ok'
+  })
+})
+
 test('fastify.pg', () => {
   expect(app.pg.healthCheck).type.toBeAssignableTo<(fastify: typeof app) => Promise<Record<string, unknown> | boolean>>()
   expect(app.pg.stats()).type.toBe<PoolStats>()
