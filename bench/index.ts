@@ -11,10 +11,12 @@ import { database } from './lib.js'
 import { hygiene } from './hygiene.js'
 import { memory } from './memory.js'
 import { overhead } from './overhead.js'
+import { overload } from './overload.js'
 import { preping } from './preping.js'
+import { pipeline } from './pipeline.js'
 import { prepared } from './prepared.js'
 
-const scenarios = { overhead, prepared, preping, hygiene, memory }
+const scenarios = { overhead, prepared, pipeline, overload, memory, preping, hygiene }
 const only = process.env.BENCH_ONLY?.split(',')
 
 const db = await database()

@@ -7,7 +7,8 @@ import { availableParallelism } from 'node:os'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
+import pg from 'pg'
 import { EmbeddedServer } from '../test/helpers/postgres.js'
 
 const exec = promisify(execFile)
@@ -89,6 +90,50 @@ export async function compare (contenders: Array<{ name: string, url: string }>,
     const sorted = measured.slice().sort((a, b) => a.rps - b.rps)
     return [name, sorted[Math.floor(sorted.length / 2)]!]
   }))
+}
+
+/**
+ * The contenders of one table: each a Fastify app of its own, listening, and the pg Pools they
+ * made; measured together (`compare`), then closed.
+ */
+export class Arena {
+  readonly contenders: Array<{ name: string, url: string }> = []
+  readonly #apps: FastifyInstance[] = []
+  readonly #pools: pg.Pool[] = []
+  readonly #connectionString: string
+
+  constructor (connectionString: string) {
+    this.#connectionString = connectionString
+  }
+
+  async add (name: string, build: (app: FastifyInstance) => Promise<void> | void): Promise<void> {
+    const app = Fastify()
+    await build(app)
+    this.#apps.push(app)
+    this.contenders.push({ name, url: await listen(app) })
+  }
+
+  /** A pg Pool of `max` connections (more pg options beside), closed with the arena. */
+  pool (max: number, options: pg.PoolConfig = {}): pg.Pool {
+    const pool = new pg.Pool({ connectionString: this.#connectionString, max, ...options })
+    pool.on('error', () => {})
+    this.#pools.push(pool)
+    return pool
+  }
+
+  /** Every contender measured under `connections` concurrent clients (see `compare`); then all closed. */
+  async run (connections: number): Promise<Map<string, Measured>> {
+    try {
+      return await compare(this.contenders, connections)
+    } finally {
+      await this.close()
+    }
+  }
+
+  async close (): Promise<void> {
+    for (const app of this.#apps.splice(0)) await app.close()
+    for (const pool of this.#pools.splice(0)) await pool.end()
+  }
 }
 
 export async function listen (app: FastifyInstance): Promise<string> {

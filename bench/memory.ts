@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process'
 import Fastify from 'fastify'
+import pg from 'pg'
 import { listen, table, pgPool } from './lib.js'
 
 const IN_FLIGHT = 1000
@@ -75,6 +76,7 @@ export async function memory (connectionString: string): Promise<string> {
 
   const kb = (bytes: number): string => (bytes / 1024).toFixed(0)
   const perRequest = (db.heapUsed - none.heapUsed) / IN_FLIGHT
+  const cache = await statementCache(connectionString)
   return `### Memory: ${IN_FLIGHT} requests in flight (heap after a full GC)\n\n` +
     table(['state', 'heap used (KB)', 'RSS (KB)'], ['---', '---:', '---:'], [
       ['server idle', kb(idle.heapUsed), kb(idle.rss)],
@@ -82,5 +84,45 @@ export async function memory (connectionString: string): Promise<string> {
       [`${IN_FLIGHT} in flight holding request.db (10 connected, 990 waiting)`, kb(db.heapUsed), kb(db.rss)]
     ]) +
     `\n\nrequest.db costs ${perRequest.toFixed(0)} bytes of heap per in-flight request ` +
-    `(${kb(db.heapUsed - none.heapUsed)} KB per ${IN_FLIGHT}).`
+    `(${kb(db.heapUsed - none.heapUsed)} KB per ${IN_FLIGHT}).\n\n` + cache
+}
+
+const CONNECTIONS = 20
+const CACHE = 100
+
+/**
+ * Idle connections with their statement cache full (`statementCacheSize` 100, the default): the
+ * app's heap per connection, against the same pool whose connections prepared nothing; and the
+ * server's memory per backend (pg_backend_memory_contexts, read on the connection itself).
+ */
+async function statementCache (connectionString: string): Promise<string> {
+  const measure = async (fill: boolean): Promise<{ heapUsed: number, backend: number }> => {
+    const app = Fastify()
+    await app.register(pgPool, { connectionString, max: CONNECTIONS, min: CONNECTIONS, underPressure: false, pingIdleMs: false })
+    await app.ready()
+    const clients = await Promise.all(Array.from({ length: CONNECTIONS }, () => app.pg.connect()))
+    for (const client of clients) {
+      // Texts as an app's own: distinct, about 120 characters each.
+      if (fill) for (let i = 0; i < CACHE; i++) await client.query(`select id, name, created_at from bench_statement_${i % 10} where id = $1 and tenant = $2 /* ${i} */`, [1, 2])
+    }
+    const { rows: [row] } = await clients[0]!.query<{ bytes: string }>('select sum(total_bytes) as bytes from pg_backend_memory_contexts')
+    for (const client of clients) client.release()
+    await until(() => app.pg.stats().idle === CONNECTIONS)
+    const { heapUsed } = heap()
+    await app.close()
+    return { heapUsed, backend: Number(row?.bytes) }
+  }
+  const setup = new pg.Client({ connectionString })
+  await setup.connect()
+  for (let i = 0; i < 10; i++) await setup.query(`create table if not exists bench_statement_${i} (id int primary key, tenant int, name text, created_at timestamptz)`)
+  await setup.end()
+  await measure(true) // warm up
+  const empty = await measure(false)
+  const full = await measure(true)
+  const kb = (bytes: number): string => (bytes / 1024).toFixed(1)
+  return `#### Idle connections, statement cache full (${CONNECTIONS} connections × ${CACHE} prepared statements)\n\n` +
+    table(['', 'none prepared', `${CACHE} prepared each`, 'per connection'], ['---', '---:', '---:', '---:'], [
+      ['app heap (KB)', kb(empty.heapUsed), kb(full.heapUsed), kb((full.heapUsed - empty.heapUsed) / CONNECTIONS)],
+      ['one backend on the server (KB)', kb(empty.backend), kb(full.backend), kb(full.backend - empty.backend)]
+    ])
 }

@@ -1,18 +1,19 @@
 /**
  * Prepared statements: a realistic read (a join of two indexed tables, three parameters, five
- * rows back) and `select 1`, through
+ * rows back) and a one-parameter `select`, through
  *   (a) pg's Pool, `pool.query()` unnamed (the hand-written baseline: parsed and planned each time)
  *   (b) pg's Pool, `pool.query({ name })` named by hand (prepared once per connection)
- *   (c) fastify-pg-pool, `request.db.query()` with its defaults
+ *   (c) fastify-pg-pool, `request.db.query()` with its defaults (prepared)
  *   (d) the same with `prepare: false`
  * Pools of 10, 20 autocannon connections, median of interleaved rounds.
+ * Target: (c) ≥ 1.15 × (a) on the join; no loss on the one-parameter select.
  */
-import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
-import { compare, fixed, listen, table, DURATION, ROUNDS, pgPool } from './lib.js'
+import { Arena, fixed, table, DURATION, ROUNDS, pgPool } from './lib.js'
 
 const MAX = 10
 const CONNECTIONS = 20
+const TARGET = 1.15
 
 const SCHEMA = `
   drop table if exists bench_orders, bench_users;
@@ -37,7 +38,7 @@ function params (): unknown[] {
   return [n % 200, ['open', 'paid', 'shipped'][n % 3], new Date(Date.now() - 30 * 86_400_000)]
 }
 
-interface Workload { label: string, text: string, values: () => unknown[] | undefined }
+interface Workload { label: string, text: string, values: () => unknown[] }
 const WORKLOADS: Workload[] = [
   { label: 'a join of two indexed tables, 3 parameters, 5 rows', text: JOIN, values: params },
   { label: '`select $1::int` (1 parameter)', text: 'select $1::int as x', values: () => [1] }
@@ -50,47 +51,36 @@ export async function prepared (connectionString: string): Promise<string> {
   await setup.end()
 
   const out: string[] = []
+  const ratios: number[] = []
   for (const { label, text, values } of WORKLOADS) {
-    const apps: FastifyInstance[] = []
-    const pools: pg.Pool[] = []
-    const contenders: Array<{ name: string, url: string }> = []
-    const add = async (name: string, build: (app: FastifyInstance) => Promise<void>): Promise<void> => {
-      const app = Fastify()
-      await build(app)
-      apps.push(app)
-      contenders.push({ name, url: await listen(app) })
-    }
-    const pool = (): pg.Pool => {
-      const p = new pg.Pool({ connectionString, max: MAX })
-      p.on('error', () => {})
-      pools.push(p)
-      return p
-    }
-    await add('(a) pg Pool, pool.query() unnamed', async (app) => {
-      const p = pool()
-      app.get('/', async () => (await p.query(text, values())).rows)
+    const arena = new Arena(connectionString)
+    const unnamed = arena.pool(MAX)
+    const named = arena.pool(MAX)
+    await arena.add('(a) pg Pool, pool.query() unnamed', (app) => {
+      app.get('/', async () => (await unnamed.query(text, values())).rows)
     })
-    await add('(b) pg Pool, pool.query() named by hand', async (app) => {
-      const p = pool()
-      app.get('/', async () => (await p.query({ name: 'bench', text, values: values() })).rows)
+    await arena.add('(b) pg Pool, pool.query() named by hand', (app) => {
+      app.get('/', async () => (await named.query({ name: 'bench', text, values: values() })).rows)
     })
-    await add('(c) fastify-pg-pool, request.db.query()', async (app) => {
+    await arena.add('(c) fastify-pg-pool, request.db.query() (prepared)', async (app) => {
       await app.register(pgPool, { connectionString, max: MAX })
       app.get('/', async (req) => (await req.db.query(text, values())).rows)
     })
-    await add('(d) fastify-pg-pool, prepare: false', async (app) => {
+    await arena.add('(d) fastify-pg-pool, prepare: false', async (app) => {
       await app.register(pgPool, { connectionString, max: MAX, prepare: false })
       app.get('/', async (req) => (await req.db.query(text, values())).rows)
     })
-    const results = await compare(contenders, CONNECTIONS)
-    for (const app of apps) await app.close()
-    for (const p of pools) await p.end()
-    const base = results.get('(a) pg Pool, pool.query() unnamed')!
-    const rows = contenders.map(({ name }) => {
+    const results = await arena.run(CONNECTIONS)
+    const base = results.get(arena.contenders[0]!.name)!
+    const rows = arena.contenders.map(({ name }) => {
       const r = results.get(name)!
       return [name, fixed(r.rps), fixed(r.rps / base.rps, 3), fixed(r.cpuUs, 1), r.p50, r.p99]
     })
+    ratios.push(results.get(arena.contenders[2]!.name)!.rps / base.rps)
     out.push(`#### ${label}\n\n` + table(['contender', 'req/s', 'ratio to (a)', 'server CPU per request (µs)', 'p50 (ms)', 'p99 (ms)'], ['---', '---:', '---:', '---:', '---:', '---:'], rows))
   }
-  return `### Prepared statements (pool max ${MAX}, ${CONNECTIONS} connections, median of ${ROUNDS} interleaved ${DURATION} s rounds)\n\n` + out.join('\n\n')
+  const [join = 0, one = 0] = ratios
+  const verdict = `**Verdict:** (c) / (a) on the join ${fixed(join, 3)} (target ≥ ${TARGET}: ${join >= TARGET ? 'met' : 'not met'}); ` +
+    `on the one-parameter select ${fixed(one, 3)} (no loss beyond this machine's noise, ±5 %: ${one >= 0.95 ? 'met' : 'not met'}).`
+  return `### Prepared statements (pool max ${MAX}, ${CONNECTIONS} connections, median of ${ROUNDS} interleaved ${DURATION} s rounds)\n\n` + out.join('\n\n') + '\n\n' + verdict
 }
