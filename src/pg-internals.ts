@@ -11,7 +11,7 @@ import pg, { type Client } from 'pg'
  * | `client` emits 'drain' when the last of them settles | waiting for a running statement |
  * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL or DEALLOCATE; which of the plugin's statements exist; the Query subclass |
 | `client.connection.stream` is the socket | closing a client still connecting |
- * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()` | the statement timeout sent in front of a statement (timed-query.ts) |
+ * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()` | statements sent in front of a statement (PrefixedQuery) |
  * | `connection.query/parse/bind/execute` write one message each | the same |
  * | a query not yet sent waits in `client._queryQueue` | closing cursors when a checkout ends |
  * | `client.ref()` / `unref()` | `allowExitOnIdle` |
@@ -28,6 +28,8 @@ export interface Connection {
   execute (msg: object): void
   parsedStatements: Record<string, string>
   submittedNamedStatements: Record<string, string>
+  /** The socket (a stream without `cork` is written message by message). */
+  stream: { cork?: () => void, uncork?: () => void }
 }
 
 /** pg's Query, the members the subclass reads or overrides. */
@@ -239,59 +241,79 @@ export const isReadTimeout = (error: unknown): boolean => error instanceof Error
 export const isConnectTimeout = (error: unknown): boolean => error instanceof Error && error.message === 'timeout expired'
 
 /**
- * pg's Query with a statement timeout sent in front of it: `set_config('statement_timeout', ms,
- * true)` travels in the same message batch and the same transaction as the statement, so it
- * costs no round trip and leaves nothing on the session (what works behind PgBouncer in
- * transaction mode, where a SET would land on whichever server connection PgBouncer picks).
+ * pg's Query with statements sent in front of it, in the same message batch and the same
+ * transaction: a statement timeout (`set_config('statement_timeout', ms, true)`, which leaves
+ * nothing on the session: what works behind PgBouncer in transaction mode) and a transaction's
+ * BEGIN riding with its first statement. One round trip for all of them.
  *
- * - simple protocol (no parameters): one Query message with both statements; PostgreSQL runs
- *   them in one implicit transaction.
- * - extended protocol (parameters, names, row limits): Parse/Bind/Execute of the set_config,
- *   then the statement's own messages and one Sync: one implicit transaction too.
+ * - simple protocol (no parameters): one Query message with every statement; PostgreSQL runs
+ *   them as one implicit transaction (an explicit one from a BEGIN on).
+ * - extended protocol (parameters, names, row limits): Parse/Bind/Execute of each statement in
+ *   front, then the statement's own messages and one Sync: a failure skips what follows.
  *
- * The set_config's own result (one row, one command) is dropped, so the caller sees the result
- * it would have seen without the timeout.
+ * The results of the statements in front (a row, a command) are dropped, so the caller sees the
+ * result it would have seen without them. `passed`: how many of them completed (when the
+ * statement fails, whether its BEGIN ran).
  */
-export class TimedQuery extends Query {
-  readonly #sql: string
-  /** The set_config's result has been consumed. */
-  #ahead = true
+export class PrefixedQuery extends Query {
+  readonly #prefix: readonly string[]
+  /** Statements in front whose results have been consumed. */
+  passed = 0
   /** Characters in front of the statement's own text (simple protocol): error positions are moved back. */
   #shift = 0
   /**
-   * A statement's name, hidden from pg while the set_config is answered: pg records a name as
-   * prepared on the first ParseComplete it sees, which is the set_config's.
+   * A statement's name, hidden from pg while those in front are answered: pg records a name as
+   * prepared on the first ParseComplete it sees, which is theirs.
    */
   #name: string | undefined
 
   /** pg reads a statement's own `query_timeout` from the object it is given. */
   readonly query_timeout: number | undefined
 
-  constructor (ms: number, config: unknown, values: unknown, callback: (error: Error | null, result?: any) => void) {
+  constructor (prefix: readonly string[], config: unknown, values: unknown, callback: (error: Error | null, result?: any) => void) {
     super(config, values, callback)
-    this.#sql = `select set_config('statement_timeout', '${ms}', true)`
+    this.#prefix = prefix
     this.query_timeout = (config as { query_timeout?: number } | null)?.query_timeout
+  }
+
+  /** pg refused the statement unsent: nothing in front was sent either. */
+  #refusedUnsent = false
+
+  /** Messages from the server are still answers to statements in front. */
+  get #ahead (): boolean {
+    return !this.#refusedUnsent && this.passed < this.#prefix.length
   }
 
   override submit (connection: Connection): Error | null {
     if (this.#refused(connection)) {
-      // pg refuses it before writing anything, and so must we: a set_config written ahead of a
-      // refused statement would wait for a Sync that never comes.
-      this.#ahead = false
+      // pg refuses it before writing anything, and so must we: statements written ahead of a
+      // refused one would wait for a Sync that never comes.
+      this.#refusedUnsent = true
       return super.submit(connection)
     }
     if (!this.requiresPreparation()) {
-      this.#shift = this.#sql.length + 1
-      connection.query(`${this.#sql};${this.text as string}`)
+      const prefix = this.#prefix.join(';') + ';'
+      this.#shift = prefix.length
+      connection.query(prefix + (this.text as string))
       return null
     }
-    connection.parse({ text: this.#sql })
-    connection.bind({})
-    connection.execute({})
-    const error = super.submit(connection)
-    this.#name = this.name
-    this.name = undefined
-    return error
+    // One write for everything (pg corks only its own messages): no packet, and no server
+    // wake-up, per message.
+    const { stream } = connection
+    stream.cork?.()
+    try {
+      for (const text of this.#prefix) {
+        connection.parse({ text })
+        connection.bind({})
+        connection.execute({})
+      }
+      const error = super.submit(connection)
+      this.#name = this.name
+      this.name = undefined
+      return error
+    } finally {
+      stream.uncork?.()
+    }
   }
 
   /** What pg's own submit() refuses (see pg/lib/query.js). */
@@ -306,12 +328,6 @@ export class TimedQuery extends Query {
     return typeof text === 'string' && known !== undefined && known !== text
   }
 
-  /** The set_config has answered: the statement's own messages follow. */
-  #behind (): void {
-    this.#ahead = false
-    this.name = this.#name
-  }
-
   override handleRowDescription (msg: unknown): void {
     if (!this.#ahead) super.handleRowDescription(msg)
   }
@@ -321,16 +337,17 @@ export class TimedQuery extends Query {
   }
 
   override handleCommandComplete (msg: unknown, connection: Connection): void {
-    if (this.#ahead) this.#behind()
-    else super.handleCommandComplete(msg, connection)
+    if (!this.#ahead) return super.handleCommandComplete(msg, connection)
+    // One in front has answered; after the last, the statement's own messages follow.
+    if (++this.passed === this.#prefix.length) this.name = this.#name
   }
 
   override handleError (error: Error, connection: Connection): void {
     const located = error as Error & { position?: string }
     if (this.#shift > 0 && located.position !== undefined) located.position = String(Number(located.position) - this.#shift)
     if (this.#ahead) {
-      // The set_config itself failed: the statement was skipped, so it is not prepared.
-      this.#behind()
+      // One in front failed: the statement was skipped, so it is not prepared.
+      this.name = this.#name
       if (this.name !== undefined) delete connection.submittedNamedStatements[this.name]
     }
     super.handleError(error, connection)

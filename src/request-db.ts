@@ -23,12 +23,13 @@ import type { PgQueryConfig } from './options.js'
 import type { AcquireOptions, Pool } from './pool.js'
 import { Abandon } from './queue.js'
 import type { RouteSettings } from './route.js'
-import type { Clock } from './send.js'
+import type { Callback, Clock } from './send.js'
 import { noop } from './deadline.js'
 import { busy, isReadTimeout } from './pg-internals.js'
 import { RequestPool } from './request-pool.js'
 import { Transactions, type Plan, type Runner } from './request-tx.js'
-import { commits, type Frames, type Step, type TransactionOptions } from './transaction.js'
+import { commits, controlOf, type Frames, type Step, type TransactionOptions } from './transaction.js'
+import { textOf } from './sql.js'
 
 export type { RequestDb } from './db.js'
 
@@ -425,9 +426,31 @@ export class RequestHandle implements Runner {
       job.reject(error)
       return this.#next(state)
     }
+    // The route's BEGIN rides with the request's first statement: one round trip for both.
+    const first = job.plan !== undefined && tx === 'I' && !conn.dead && !conn.stuck ? this.#ridesWithBegin() : undefined
+    if (first !== undefined) return this.#sendWithBegin(state, job, step as Step, first)
     state.running = job
+    const done = this.#outcome(state, job, step, fresh)
+    // The session is over (the server said FATAL, or the socket closed): nothing sent would run.
+    // pg may not know yet and would write it, and a COMMIT written then would read as unknown.
+    if (conn.dead || conn.stuck) return done(notSentError(new Error(conn.dead ? 'the connection was already lost' : 'the connection stopped answering')))
+    try {
+      this.#pool.wire.send(conn, statement, job.values, this.#clock, done, this.#prepare)
+    } catch (error) {
+      // Refused by the wire (session state behind PgBouncer), or by pg at once (a malformed call).
+      done(error as Error)
+    }
+  }
+
+  /**
+   * What settles `job` when pg answers: its step's reading of the outcome, a resend on another
+   * connection (asked for, or one that never ran, and `fresh`), a coded failure; then the next
+   * statement.
+   */
+  #outcome (state: State & { kind: 'held' }, job: Job, step: Step | undefined, fresh: boolean): Callback {
+    const { conn } = state
     let settled = false
-    const done = (error: Error | null, result?: QueryResult<any>): void => {
+    return (error, result) => {
       // pg calls back twice when a value fails to serialise: at once, and at ReadyForQuery.
       if (settled) return
       settled = true
@@ -444,14 +467,40 @@ export class RequestHandle implements Runner {
       } else job.reject(this.#failure(conn, error, step === undefined ? commits(job.text) : step.commits))
       this.#next(state)
     }
-    // The session is over (the server said FATAL, or the socket closed): nothing sent would run.
-    // pg may not know yet and would write it, and a COMMIT written then would read as unknown.
-    if (conn.dead || conn.stuck) return done(notSentError(new Error(conn.dead ? 'the connection was already lost' : 'the connection stopped answering')))
+  }
+
+  /**
+   * The statement that can ride with a BEGIN about to be sent: the next one queued, if it is a
+   * plain statement (not the plugin's control, not the user's, which is translated once the
+   * transaction is open; not a cursor). Taken out of the queue.
+   */
+  #ridesWithBegin (): Job | undefined {
+    const next = this.#queue[0]
+    if (next === undefined || next.plan !== undefined) return undefined
+    const text = textOf(next.text)
+    if (text === undefined || typeof (next.text as { submit?: unknown }).submit === 'function' || controlOf(text) !== undefined) return undefined
+    return this.#queue.shift()
+  }
+
+  /**
+   * `begin` and `job` in one round trip (PrefixedQuery): the BEGIN settles first, from whether it
+   * ran (a failed statement fails inside the transaction, as it would have after a BEGIN of its
+   * own); a BEGIN that failed fails the statement too, which never ran.
+   */
+  #sendWithBegin (state: State & { kind: 'held' }, begin: Job, step: Step, job: Job): void {
+    state.running = job
+    const done = this.#outcome(state, job, undefined, false)
+    const both: Callback = (error, result, passed = 0) => {
+      const began = error === null || passed > 0
+      step.after?.(began ? null : error, undefined)
+      if (began) begin.resolve(undefined as never)
+      else begin.reject(this.#failure(state.conn, error as Error, false))
+      done(error, result)
+    }
     try {
-      this.#pool.wire.send(conn, statement, job.values, this.#clock, done, this.#prepare)
+      this.#pool.wire.send(state.conn, job.text, job.values, this.#clock, both, this.#prepare, step.statement as string)
     } catch (error) {
-      // Refused by the wire (session state behind PgBouncer), or by pg at once (a malformed call).
-      done(error as Error)
+      both(error as Error)
     }
   }
 

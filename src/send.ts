@@ -1,7 +1,7 @@
 import { PgSessionStateError } from './errors.js'
 import type { Conn } from './conn.js'
 import type { ResolvedOptions } from './options.js'
-import { busy, TimedQuery, waiting } from './pg-internals.js'
+import { busy, PrefixedQuery, waiting } from './pg-internals.js'
 import { named, preparable, staleStatement, Statements } from './prepare.js'
 import { changesSession } from './session.js'
 import { lex, textOf } from './sql.js'
@@ -19,7 +19,7 @@ const BLOCKLESS_WORDS = new Set(['vacuum', 'discard', 'cluster', 'reindex', 'cre
 const MAY_MATTER = /\b(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare|set|vacuum|discard|cluster|reindex|create|drop|alter)\b/i
 
 /**
- * Never sent with the statement timeout in front (`TimedQuery` makes the pair one implicit
+ * Never sent with the statement timeout in front (`PrefixedQuery` makes the pair one implicit
  * transaction): transaction control and what must be a transaction's first statement (a
  * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them), and what
  * PostgreSQL refuses inside a transaction block: VACUUM, DISCARD ALL, CLUSTER of every table,
@@ -49,7 +49,7 @@ function blockless (first: string, second: string, tokens: string[]): boolean {
 }
 
 /**
- * Which statements of one checkout carry the statement timeout (see TimedQuery): outside a
+ * Which statements of one checkout carry the statement timeout (see PrefixedQuery): outside a
  * transaction every one; inside one the first (the setting is local to the transaction), and the
  * first after transaction control (a rollback to a savepoint undoes it). Never control itself.
  */
@@ -105,13 +105,13 @@ export class Wire {
    * prepared statements unnamed (PgBouncer 1.18 cannot keep them: the next transaction may run
    * on another server connection).
    */
-  admit (conn: Conn, statement: unknown): unknown {
+  admit (conn: Conn, statement: unknown, tx = conn.client.getTransactionStatus()): unknown {
     if (!this.#opts.pgbouncer) {
       // With sessionReset 'always' the text is not trusted: whatever ran may have left state.
       if (!conn.dirty && (this.#opts.sessionReset === 'always' || changesSession(statement))) conn.dirty = true
       return statement
     }
-    if (conn.client.getTransactionStatus() === 'I' && changesSession(statement)) throw new PgSessionStateError()
+    if (tx === 'I' && changesSession(statement)) throw new PgSessionStateError()
     const named = statement as { name?: unknown, submit?: unknown } | null
     if (typeof named?.name === 'string' && typeof named.submit !== 'function') return { ...named, name: undefined }
     return statement
@@ -120,13 +120,22 @@ export class Wire {
   /**
    * Admits `statement` and hands it to pg, with the timeout `clock` gives it. Throws when it is
    * refused (nothing was sent); pg's own answer, or its refusal, reaches `callback`. `prepare`:
-   * the route's word, where it has one.
+   * the route's word, where it has one. `begin`: the BEGIN of the transaction it is the first
+   * statement of, sent in front of it in the same round trip (`callback` hears whether it ran).
    */
-  send (conn: Conn, statement: unknown, values: unknown, clock: Clock | undefined, callback: Callback, prepare = this.prepares): void {
-    const admitted = this.admit(conn, statement)
-    const ms = clock?.next(admitted, conn.client.getTransactionStatus())
+  send (conn: Conn, statement: unknown, values: unknown, clock: Clock | undefined, callback: Callback, prepare = this.prepares, begin?: string): void {
+    let tx = conn.client.getTransactionStatus()
+    if (begin !== undefined) {
+      // The BEGIN first, as if sent alone: the statement then meets an open transaction.
+      clock?.next(begin, tx)
+      tx = 'T'
+    }
+    const admitted = this.admit(conn, statement, tx)
+    const ms = clock?.next(admitted, tx)
+    const prefix = ms === undefined ? [] : [`select set_config('statement_timeout', '${ms}', true)`]
+    if (begin !== undefined) prefix.unshift(begin)
     // (With a clock, each statement carries its own bound; else pg's client-wide one applies.)
-    this.call(conn, clock === undefined ? admitted : bounded(admitted, clock.bound), values, callback, prepare, ms)
+    this.call(conn, clock === undefined ? admitted : bounded(admitted, clock.bound), values, callback, prepare, prefix)
   }
 
   /** Statements with parameters are prepared (see prepare.ts): never behind PgBouncer. */
@@ -135,33 +144,39 @@ export class Wire {
   }
 
   /**
-   * Hands an admitted statement to pg (`ms`: a statement timeout in front of it), prepared when
-   * `prepare` says so and it has parameters. One the server refuses by name because it dropped it
-   * or its plan went stale never ran: it is prepared again and sent once more, when nothing else
-   * can have run in between (no transaction open, nothing queued ahead of it or behind it).
+   * Hands an admitted statement to pg (`prefix`: statements sent in front of it, see
+   * PrefixedQuery), prepared when `prepare` says so and it has parameters. One the server refuses
+   * by name because it dropped it or its plan went stale never ran: it is prepared again and sent
+   * once more, when nothing else can have run in between (no transaction open or begun with it,
+   * nothing queued ahead of it or behind it).
    */
-  call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, ms?: number): void {
+  call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, prefix: readonly string[] = []): void {
     const { client } = conn
     const submit = (sent: unknown, done: Callback): void => {
-      if (ms === undefined) (client.query as (...args: unknown[]) => unknown)(sent, values, done)
-      else client.query(new TimedQuery(ms, sent, values, done) as never)
+      if (prefix.length === 0) return (client.query as (...args: unknown[]) => void)(sent, values, done)
+      const query: PrefixedQuery = new PrefixedQuery(prefix, sent, values, (error, result) => done(error, result, query.passed))
+      client.query(query as never)
     }
     const text = prepare && !this.#opts.pgbouncer ? preparable(statement, values) : undefined
     if (text === undefined) return submit(statement, callback)
     const statements = conn.statements ??= new Statements(this.#opts.statementCacheSize)
-    const alone = !busy(client) && client.getTransactionStatus() === 'I'
+    const alone = !busy(client) && client.getTransactionStatus() === 'I' && !prefix.some(opens)
     const name = statements.nameOf(text)
-    submit(named(statement, text, name), (error, result) => {
+    submit(named(statement, text, name), (error, result, passed) => {
       const stale = error === null ? undefined : staleStatement(error)
-      if (stale === undefined) return callback(error, result)
+      if (stale === undefined) return callback(error, result, passed)
       statements.drop(client, text, name, stale.gone)
       if (alone && !waiting(client)) submit(named(statement, text, statements.nameOf(text)), callback)
-      else callback(error, result)
+      else callback(error, result, passed)
     })
   }
 }
 
-type Callback = (error: Error | null, result?: any) => void
+/** A statement in front that begins a transaction: what follows fails inside it. */
+const opens = (sql: string): boolean => sql.startsWith('begin')
+
+/** pg's callback; `passed`: how many of the statements sent in front completed. */
+export type Callback = (error: Error | null, result?: any, passed?: number) => void
 
 /** Node's timers take at most 2^31 - 1 ms: longer is none. */
 const MAX_MS = 2 ** 31 - 1

@@ -19,7 +19,11 @@ import {
   busy,
   connectionParameters,
   forgetPrepared,
+  forgetStatements,
   holdProcess,
+  isPrepared,
+  PrefixedQuery,
+  waiting,
   isConnectTimeout,
   isReadTimeout,
   Query,
@@ -59,13 +63,13 @@ async function rejection (promise: Promise<unknown>): Promise<Error & { code?: s
 t.test('pg.Query: a class with submit, requiresPreparation and the handle* methods; connection.query/parse/bind/execute', async (t) => {
   t.type(Query, 'function', 'pg exports Query')
   t.equal(Query, (pg as unknown as Loose).Query)
-  t.match(Function.prototype.toString.call(Query), /^class\b/, 'a class: TimedQuery extends it')
+  t.match(Function.prototype.toString.call(Query), /^class\b/, 'a class: PrefixedQuery extends it')
   const proto = Query.prototype as unknown as Loose
   for (const name of ['submit', 'requiresPreparation', 'handleRowDescription', 'handleDataRow', 'handleCommandComplete', 'handleError', 'handleReadyForQuery']) {
     t.type(proto[name], 'function', `Query.prototype.${name}`)
   }
 
-  // What TimedQuery decides on: simple protocol without parameters, extended otherwise.
+  // What PrefixedQuery decides on: simple protocol without parameters, extended otherwise.
   t.equal(new Query('select 1').requiresPreparation(), false, 'text alone: simple protocol')
   t.equal(new Query('select $1::int', [1]).requiresPreparation(), true, 'values: extended')
   t.equal(new Query({ text: 'select 1', name: 'q' }).requiresPreparation(), true, 'a name: extended')
@@ -90,7 +94,7 @@ t.test('pg.Query: a class with submit, requiresPreparation and the handle* metho
   t.same(written.map((b) => String.fromCharCode(b[0]!)), ['Q', 'P', 'B', 'E'], 'one write per call: Query, Parse, Bind, Execute')
   for (const b of written) t.equal(b.readInt32BE(1) + 1, b.length, `${String.fromCharCode(b[0]!)}: exactly one whole message`)
 
-  // A Query built as TimedQuery builds it (config, values, callback) runs through client.query().
+  // A Query built as PrefixedQuery builds it (config, values, callback) runs through client.query().
   const viaCallback = deferred<pg.QueryResult>()
   client.query(new Query('select $1::int as n', [7], (error: Error | null, result: pg.QueryResult) => {
     if (error) throw error
@@ -400,4 +404,62 @@ t.test("pg's error texts", async (t) => {
 t.test('connectionParameters(): what pg read from the config and the connection string', async (t) => {
   const params = connectionParameters(new pg.Client({ connectionString: 'postgres://u:p@h:5433/d?options=-c%20x%3D1&statement_timeout=5', lock_timeout: 7 }))
   t.match(params, { host: 'h', port: 5433, database: 'd', options: '-c x=1', statement_timeout: '5', lock_timeout: 7 })
+})
+
+t.test('isPrepared() and forgetStatements(): connection.parsedStatements per name; waiting(): _queryQueue', async (t) => {
+  const client = await connected(t)
+  const named = { name: 'p_one', text: 'select $1::int as n', values: [1] }
+  t.equal(isPrepared(client, 'p_one'), false)
+  await client.query(named)
+  t.equal(isPrepared(client, 'p_one'), true, 'recorded once its Parse was answered')
+  await client.query('deallocate p_one')
+  forgetStatements(client, ['p_one'])
+  t.equal(isPrepared(client, 'p_one'), false)
+  t.same((await client.query(named)).rows, [{ n: 1 }], 'pg prepares it again')
+
+  const first = client.query('select pg_sleep(0.05)')
+  t.equal(waiting(client), false, 'one running, none behind it')
+  const second = client.query('select 1')
+  t.equal(waiting(client), true, 'one behind it')
+  await Promise.all([first, second])
+  t.equal(waiting(client), false)
+})
+
+t.test('PrefixedQuery: statements in front, in one write; their results dropped; passed counts them', async (t) => {
+  const client = await connected(t)
+  const run = (prefix: string[], text: string, values?: unknown[]): Promise<{ error: Error | null, result: pg.QueryResult | undefined, passed: number }> => new Promise((resolve) => {
+    const query: PrefixedQuery = new PrefixedQuery(prefix, { text }, values, (error, result) => resolve({ error, result, passed: query.passed }))
+    client.query(query as never)
+  })
+  const front = ['begin', "select set_config('statement_timeout', '1234', true)"]
+  for (const values of [undefined, [5]]) {
+    const ok = await run(front, values === undefined ? "select current_setting('statement_timeout') as s" : "select current_setting('statement_timeout') as s, $1::int as n", values)
+    t.same(ok.result?.rows, [values === undefined ? { s: '1234ms' } : { s: '1234ms', n: 5 }], `${values === undefined ? 'simple' : 'extended'}: the statement's own result, inside the transaction`)
+    t.equal(ok.passed, 2)
+    t.equal(client.getTransactionStatus(), 'T', 'BEGIN ran: a transaction is open')
+    await client.query('rollback')
+  }
+  const failed = await run(front, 'select 1 / $1::int', [0])
+  t.match(failed.error, { code: '22012' })
+  t.equal(failed.passed, 2, 'the statement failed: both in front ran')
+  await client.query('rollback')
+  const ahead = await run(['begin', 'select 1 / 0'], 'select $1::int', [1])
+  t.match(ahead.error, { code: '22012' })
+  t.equal(ahead.passed, 1, 'the second in front failed: BEGIN ran, the statement was skipped')
+  await client.query('rollback')
+
+  // Every message of the batch is written while the socket is corked: one write.
+  const connection = wire(client)
+  const stream = connection.stream as { writableCorked: number }
+  const parse = connection.parse
+  const corked: number[] = []
+  connection.parse = function (...args: unknown[]) { corked.push(stream.writableCorked); return parse.apply(this, args) }
+  try {
+    const named = await run(['begin'], 'select $1::int as n', [3])
+    t.same(named.result?.rows, [{ n: 3 }])
+  } finally {
+    connection.parse = parse
+  }
+  t.ok(corked.length === 2 && corked.every((n) => n > 0), 'the parse of the BEGIN and of the statement, both corked')
+  await client.query('rollback')
 })
