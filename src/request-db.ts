@@ -69,7 +69,7 @@ interface Response {
   destroyed?: boolean
   writableEnded?: boolean
   stream?: { destroyed: boolean }
-  once (event: 'close', fn: () => void): unknown
+  once (event: 'close' | 'prefinish', fn: () => void): unknown
 }
 
 /**
@@ -135,9 +135,14 @@ export class RequestHandle implements Runner {
     this.#clock = pool.wire.clock(settings.statementTimeoutMs)
     this.#prepare = settings.prepare ?? pool.wire.prepares
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
-    // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out.
+    // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out. A reply
+    // that completes ends the request earlier, at 'prefinish' (`res.end()`, HTTP/1): its bytes
+    // may take long to reach a slow client, and the connection is not needed for that.
     if (ended(response)) this.#end(false)
-    else response.once('close', () => this.#end(response.writableEnded === true))
+    else {
+      response.once('close', () => this.#end(response.writableEnded === true))
+      response.once('prefinish', () => this.#end(true))
+    }
   }
 
   query (text: string | PgQueryConfig, values?: unknown[], ...rest: unknown[]): Promise<QueryResult<any>> {
