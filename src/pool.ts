@@ -65,7 +65,7 @@ export class Pool extends PoolContract implements PgPool {
   /** @internal Every statement is admitted and sent through it. */
   readonly wire: Wire
   /** @internal The plugin's checkout: a healthy connection within `acquireTimeoutMs`, or a coded 503. */
-  readonly acquire: (options?: AcquireOptions) => Promise<Conn>
+  readonly acquire: (options?: AcquireOptions) => Conn | Promise<Conn>
   /** @internal Takes back a connection from `acquire` (see checkin.ts). */
   readonly release: (conn: Conn, error?: unknown) => void
   /** @internal How long a checkout may wait (`acquireTimeoutMs`). */

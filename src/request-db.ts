@@ -331,6 +331,8 @@ export class RequestHandle implements Runner {
         if (this.#pool.leakDetection) this.#origin ??= new Error('checked out here')
         const options = { signal: abandon, log: this.#log, holder: this.#holder, origin: this.#origin }
         const checkout = this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
+        // An idle connection, handed out at once: the statement goes out now.
+        if (!(checkout instanceof Promise)) return this.#move('held', checkout)
         this.#state = { kind: 'acquiring', checkout, abandon }
         checkout.then(
           // The pool checks the abort signal last thing before it resolves, and the request

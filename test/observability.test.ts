@@ -224,7 +224,7 @@ t.test('created: only for a checkout that opened its connection (not for one an 
   const gate = deferred()
   const app = await buildApp(t, db, { max: 1, onConnect: async () => { await gate.promise } })
   const abandon = new AbortController()
-  const left = poolOf(app).acquire({ signal: abandon.signal }).catch((error: Error) => error.message)
+  const left = Promise.resolve(poolOf(app).acquire({ signal: abandon.signal })).catch((error: Error) => error.message)
   await until(() => app.pg.stats().total === 1, 'the connection is being opened')
   abandon.abort(new Error('left'))
   gate.resolve()

@@ -163,7 +163,7 @@ t.test('acquire with an already-aborted signal on a full pool fails at once', as
   const app = await buildApp(t, db, { max: 1 })
   const holder = await app.pg.pool.connect()
   const reason = new Error('caller left')
-  await t.rejects(poolOf(app).acquire({ signal: AbortSignal.abort(reason) }), reason)
+  await t.rejects(async () => await poolOf(app).acquire({ signal: AbortSignal.abort(reason) }), reason)
   t.equal(app.pg.stats().waiting, 0)
   holder.release()
 })
