@@ -22,7 +22,6 @@ import { tell } from './pool-contract.js'
  *    session: nothing to clean);
  * 3. a transaction open or failed → ROLLBACK;
  * 4. session state left (`sessionReset`) → DISCARD ALL, then `onConnect` again;
- *    else prepared statements evicted from the connection's cache (prepare.ts) → DEALLOCATE;
  * 5. after a cancel, if neither ran: one empty round trip (a late cancel lands on it, not on
  *    the next holder's statement);
  * 6. back to the pool (`Slots.putBack`: idle, or closed past `maxUses` or its lifetime).
@@ -76,9 +75,6 @@ export class Checkin {
     const tx = conn.client.getTransactionStatus()
     if (tx === 'T' || tx === 'E') return this.#step(conn, 'ROLLBACK')
     if (conn.dirty) return this.#step(conn, 'DISCARD ALL')
-    // (After DISCARD ALL, none is left to deallocate.)
-    const deallocate = conn.statements?.deallocation(conn.client)
-    if (deallocate !== undefined) return this.#step(conn, deallocate)
     if (conn.cancelled) return this.#step(conn, '')
     this.#slots.putBack(conn)
   }
@@ -87,7 +83,7 @@ export class Checkin {
    * One statement on the way back, bounded by `pingTimeoutMs`. After DISCARD ALL the session is
    * as new: `onConnect` runs again, so what it set (a search_path, a LISTEN) holds for every holder.
    */
-  #step (conn: Conn, sql: string): void {
+  #step (conn: Conn, sql: 'ROLLBACK' | 'DISCARD ALL' | ''): void {
     const { onConnect, pingTimeoutMs } = this.#opts
     let step = roundTrip(conn.client, sql, pingTimeoutMs)
     if (sql === 'DISCARD ALL') {

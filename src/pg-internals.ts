@@ -9,7 +9,7 @@ import pg, { type Client } from 'pg'
  * | --- | --- |
  * | `client.readyForQuery`, `_activeQuery`, `_queryQueue` (`_sentQueryQueue` when pipelining) | `busy()`: is a statement running or queued? `settling()`: or did one just fail? |
  * | `client` emits 'drain' when the last of them settles | waiting for a running statement |
- * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL or DEALLOCATE; which of the plugin's statements exist; the Query subclass |
+ * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL, DEALLOCATE or a Close; the Query subclass |
 | `client.connection.stream` is the socket | closing a client still connecting |
  * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()` | statements sent in front of a statement (PrefixedQuery) |
  * | `connection.query/parse/bind/execute` write one message each | the same |
@@ -26,6 +26,8 @@ export interface Connection {
   parse (msg: { text: string }): void
   bind (msg: object): void
   execute (msg: object): void
+  /** Close of a prepared statement; pg ignores the server's CloseComplete. */
+  close (msg: { type: 'S', name: string }): void
   parsedStatements: Record<string, string>
   submittedNamedStatements: Record<string, string>
   /** The socket (a stream without `cork` is written message by message). */
@@ -104,12 +106,7 @@ export function forgetPrepared (client: Client): void {
   connection.submittedNamedStatements = {}
 }
 
-/** pg recorded `name` as prepared on this connection (its Parse was answered). */
-export function isPrepared (client: Client, name: string): boolean {
-  return internals(client).connection.parsedStatements[name] !== undefined
-}
-
-/** The server dropped these statements (DEALLOCATE), or never had them: pg must prepare them again. */
+/** The server dropped these statements (or is about to: a Close), or never had them: pg must prepare them again. */
 export function forgetStatements (client: Client, names: string[]): void {
   const { connection } = internals(client)
   for (const name of names) {
@@ -270,9 +267,13 @@ export class PrefixedQuery extends Query {
   /** pg reads a statement's own `query_timeout` from the object it is given. */
   readonly query_timeout: number | undefined
 
-  constructor (prefix: readonly string[], config: unknown, values: unknown, callback: (error: Error | null, result?: any) => void) {
+  /** Prepared statements closed on the server ahead of everything (Close messages): no answer to wait for, no error if gone. */
+  readonly #close: readonly string[]
+
+  constructor (prefix: readonly string[], config: unknown, values: unknown, callback: (error: Error | null, result?: any) => void, close: readonly string[] = []) {
     super(config, values, callback)
     this.#prefix = prefix
+    this.#close = close
     this.query_timeout = (config as { query_timeout?: number } | null)?.query_timeout
   }
 
@@ -302,6 +303,7 @@ export class PrefixedQuery extends Query {
     const { stream } = connection
     stream.cork?.()
     try {
+      for (const name of this.#close) connection.close({ type: 'S', name })
       for (const text of this.#prefix) {
         connection.parse({ text })
         connection.bind({})

@@ -1,5 +1,5 @@
 import type { Client } from 'pg'
-import { forgetStatements, isPrepared } from './pg-internals.js'
+import { forgetStatements } from './pg-internals.js'
 
 /**
  * Prepared statements by default (what pgx and postgres.js do, and pg-pool does not): a statement
@@ -18,15 +18,15 @@ let made = 0
 
 /**
  * The statements one connection has prepared for the plugin: text → name, least recently used
- * first, at most `size`. An evicted one stays prepared on the server until its connection comes
- * back (`deallocation`): a statement already queued in pg under its name still runs. The server
- * holds at most `size` + a tenth of it.
+ * first, at most `size`. An evicted one (and one whose plan went stale) is closed on the server
+ * with the next statement the plugin prepares on the connection: a Close message written in the
+ * same batch, no round trip of its own, and no error if the server had already dropped it.
  */
 export class Statements {
   readonly #size: number
   readonly #names = new Map<string, string>()
-  /** Evicted, or whose plan went stale: to deallocate on the way back. */
-  #stale: string[] = []
+  /** To close on the server with the next statement. */
+  #closing: string[] = []
 
   constructor (size: number) {
     this.#size = size
@@ -42,7 +42,7 @@ export class Statements {
       if (names.size >= this.#size) {
         const [oldest, old] = names.entries().next().value as [string, string]
         names.delete(oldest)
-        this.#stale.push(old)
+        this.#closing.push(old)
       }
       name = `fpp_${(++made).toString(36)}`
     }
@@ -51,39 +51,35 @@ export class Statements {
   }
 
   /**
-   * The server refused `text`'s statement by `name`: it no longer has it (26000: a DEALLOCATE or
-   * DISCARD the plugin did not see), or its plan cannot change the columns it returns (0A000,
-   * after a schema change: it still exists, and is deallocated on the way back). The next use
-   * prepares it again under a new name.
+   * `text`'s statement, by `name`, is no use any more: the server no longer has it (`gone`: a
+   * DEALLOCATE or DISCARD the plugin did not see; pg closed it after a value failed to
+   * serialise), or its plan cannot return the columns it was prepared with (it is closed). The
+   * next use prepares it again under a new name.
    */
   drop (client: Client, text: string, name: string, gone: boolean): void {
     // (Another statement that failed the same way may have dropped it already.)
     if (this.#names.get(text) === name) this.#names.delete(text)
     if (gone) forgetStatements(client, [name])
-    else if (!this.#stale.includes(name)) this.#stale.push(name)
+    else if (!this.#closing.includes(name)) this.#closing.push(name)
   }
 
-  /**
-   * The DEALLOCATE the connection needs on its way back, or undefined: once a tenth of the cache
-   * (at least one) was evicted, so a churning cache costs one round trip per tenth, not one per
-   * return. Only names pg saw prepared: one whose Parse failed (or was never sent) does not exist.
-   */
-  deallocation (client: Client): string | undefined {
-    if (this.#stale.length < Math.ceil(this.#size / 10)) return undefined
-    const names = this.#stale.filter((name) => isPrepared(client, name))
-    this.#stale = []
-    if (names.length === 0) return undefined
-    // (Names made above: letters, digits and `_`, valid unquoted.)
+  /** The names to close now, forgotten by pg (the Close goes out with the next statement). */
+  closing (client: Client): readonly string[] {
+    if (this.#closing.length === 0) return NONE
+    const names = this.#closing
+    this.#closing = []
     forgetStatements(client, names)
-    return names.map((name) => `deallocate ${name}`).join(';')
+    return names
   }
 
   /** After DISCARD ALL: the server has none of them any more. */
   clear (): void {
     this.#names.clear()
-    this.#stale = []
+    this.#closing = []
   }
 }
+
+const NONE: readonly string[] = []
 
 /**
  * The text to prepare `statement` under, when the plugin prepares it: a statement with
@@ -105,13 +101,16 @@ export function named (statement: unknown, text: string, name: string): object {
 }
 
 /**
- * The server refused a statement by its name, before running it: 26000 (prepared statement does
- * not exist), or 0A000 raised by plan revalidation ("cached plan must not change result type").
- * `gone`: the server has no such statement.
+ * What a prepared statement's failure says of the statement itself: the server refused it by
+ * name before running it, 26000 (it does not exist, as the server reports at Bind) or 0A000 of
+ * plan revalidation ("cached plan must not change result type"): `resend`, it never ran. Or a
+ * value failed to serialise in pg (an error without a server severity): pg closed the statement
+ * on the server (`gone`), and nothing ran.
  */
-export function staleStatement (error: Error): { gone: boolean } | undefined {
-  const { code, routine } = error as { code?: unknown, routine?: unknown }
-  if (code === '26000') return { gone: true }
-  if (code === '0A000' && routine === 'RevalidateCachedQuery') return { gone: false }
+export function staleStatement (error: Error): { gone: boolean, resend: boolean } | undefined {
+  const { code, routine, severity } = error as { code?: unknown, routine?: unknown, severity?: unknown }
+  if (code === '26000' && routine === 'FetchPreparedStatement') return { gone: true, resend: true }
+  if (code === '0A000' && routine === 'RevalidateCachedQuery') return { gone: false, resend: true }
+  if (severity === undefined && code === undefined) return { gone: true, resend: false }
   return undefined
 }

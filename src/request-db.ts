@@ -36,8 +36,9 @@ export type { RequestDb } from './db.js'
 /**
  * What the request has of the pool, and the data each state carries:
  * unused → acquiring → held → released; acquiring → unused when the checkout fails; held →
- * acquiring when a `retry` statement lost its connection. `released` is final: the connection
- * went back.
+ * acquiring when a `retry` statement lost its connection; held → unused when the reply is complete
+ * and nothing needs the connection (it went back; a later statement checks out again). `released`
+ * is final: the connection went back.
  */
 type State =
   | { readonly kind: 'unused' }
@@ -136,12 +137,12 @@ export class RequestHandle implements Runner {
     this.#prepare = settings.prepare ?? pool.wire.prepares
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out. A reply
-    // that completes ends the request earlier, at 'prefinish' (`res.end()`, HTTP/1): its bytes
-    // may take long to reach a slow client, and the connection is not needed for that.
+    // that is complete ('prefinish', `res.end()`, HTTP/1) may take long to reach a slow client:
+    // the connection goes back then if nothing still needs it (see #park).
     if (ended(response)) this.#end(false)
     else {
       response.once('close', () => this.#end(response.writableEnded === true))
-      response.once('prefinish', () => this.#end(true))
+      response.once('prefinish', () => this.#park())
     }
   }
 
@@ -316,6 +317,19 @@ export class RequestHandle implements Runner {
     this.#move('released')
   }
 
+  /**
+   * The reply is complete: the connection goes back now unless something on it is still needed
+   * (a statement running or queued, a `connection()` client handed out, a transaction open,
+   * session state). A statement issued later (an `onResponse` hook) checks out again.
+   */
+  #park (): void {
+    const state = this.#state
+    if (state.kind !== 'held' || state.running !== undefined || this.#queue.length > 0 || this.#clients !== undefined) return
+    const { conn } = state
+    if (conn.dirty || busy(conn.client) || conn.client.getTransactionStatus() !== 'I') return
+    this.#move('unused')
+  }
+
   /** The one place where the state changes, with everything each change implies. */
   #move (next: 'acquiring' | 'released' | 'unused'): void
   #move (next: 'held', conn: Conn): void
@@ -353,6 +367,8 @@ export class RequestHandle implements Runner {
         break
       }
       case 'unused':
+        // (From held: the reply is complete, see #park.)
+        if (prev.kind === 'held') this.#giveBack(prev.conn)
         this.#state = UNUSED
         break
       case 'released':
@@ -421,6 +437,14 @@ export class RequestHandle implements Runner {
     // once the session has state a fresh connection would lack (SET ROLE, set_config, temporary
     // tables: see session.ts): the statement would run with other rights, or see other rows.
     const fresh = tx === 'I' && (this.#txs?.none ?? true) && !conn.dirty
+    // The session is over (the server said FATAL, or the socket closed): nothing sent would run.
+    // pg may not know yet and would write it, and a COMMIT written then would read as unknown.
+    // (Nor is the status it last read worth planning from: a transaction begun in the same
+    // batch as the statement that lost it never reported itself.)
+    if (conn.dead || conn.stuck) {
+      state.running = job
+      return this.#outcome(state, job, undefined, fresh)(notSentError(new Error(conn.dead ? 'the connection was already lost' : 'the connection stopped answering')))
+    }
     let step: Step | undefined
     let statement: unknown
     try {
@@ -434,13 +458,10 @@ export class RequestHandle implements Runner {
       return this.#next(state)
     }
     // The route's BEGIN rides with the request's first statement: one round trip for both.
-    const first = job.plan !== undefined && tx === 'I' && !conn.dead && !conn.stuck ? this.#ridesWithBegin() : undefined
+    const first = job.plan !== undefined && tx === 'I' ? this.#ridesWithBegin() : undefined
     if (first !== undefined) return this.#sendWithBegin(state, job, step as Step, first)
     state.running = job
     const done = this.#outcome(state, job, step, fresh)
-    // The session is over (the server said FATAL, or the socket closed): nothing sent would run.
-    // pg may not know yet and would write it, and a COMMIT written then would read as unknown.
-    if (conn.dead || conn.stuck) return done(notSentError(new Error(conn.dead ? 'the connection was already lost' : 'the connection stopped answering')))
     try {
       this.#pool.wire.send(conn, statement, job.values, this.#clock, done, this.#prepare)
     } catch (error) {
@@ -504,11 +525,9 @@ export class RequestHandle implements Runner {
       else begin.reject(this.#failure(state.conn, error as Error, false))
       done(error, result)
     }
-    try {
-      this.#pool.wire.send(state.conn, job.text, job.values, this.#clock, both, this.#prepare, step.statement as string)
-    } catch (error) {
-      both(error as Error)
-    }
+    // (A plain statement, checked above, inside the transaction it begins: neither pg nor the
+    // wire refuses one synchronously.)
+    this.#pool.wire.send(state.conn, job.text, job.values, this.#clock, both, this.#prepare, step.statement as string)
   }
 
   /**

@@ -152,24 +152,28 @@ export class Wire {
    */
   call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, prefix: readonly string[] = []): void {
     const { client } = conn
-    const submit = (sent: unknown, done: Callback): void => {
-      if (prefix.length === 0) return (client.query as (...args: unknown[]) => void)(sent, values, done)
-      const query: PrefixedQuery = new PrefixedQuery(prefix, sent, values, (error, result) => done(error, result, query.passed))
-      client.query(query as never)
-    }
     const text = prepare && !this.#opts.pgbouncer ? preparable(statement, values) : undefined
-    if (text === undefined) return submit(statement, callback)
+    if (text === undefined) {
+      if (prefix.length === 0) return (client.query as (...args: unknown[]) => void)(statement, values, callback)
+      return submit(client, prefix, statement, values, callback)
+    }
     const statements = conn.statements ??= new Statements(this.#opts.statementCacheSize)
     const alone = !busy(client) && client.getTransactionStatus() === 'I' && !prefix.some(opens)
     const name = statements.nameOf(text)
-    submit(named(statement, text, name), (error, result, passed) => {
+    submit(client, prefix, named(statement, text, name), values, (error, result, passed) => {
       const stale = error === null ? undefined : staleStatement(error)
       if (stale === undefined) return callback(error, result, passed)
       statements.drop(client, text, name, stale.gone)
-      if (alone && !waiting(client)) submit(named(statement, text, statements.nameOf(text)), callback)
+      if (stale.resend && alone && !waiting(client)) submit(client, prefix, named(statement, text, statements.nameOf(text)), values, callback, statements.closing(client))
       else callback(error, result, passed)
-    })
+    }, statements.closing(client))
   }
+}
+
+/** A statement with others in front of it, or prepared statements to close (see PrefixedQuery). */
+function submit (client: Conn['client'], prefix: readonly string[], statement: unknown, values: unknown, done: Callback, close?: readonly string[]): void {
+  const query: PrefixedQuery = new PrefixedQuery(prefix, statement, values, (error, result) => done(error, result, query.passed), close)
+  client.query(query as never)
 }
 
 /** A statement in front that begins a transaction: what follows fails inside it. */

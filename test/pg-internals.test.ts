@@ -21,7 +21,6 @@ import {
   forgetPrepared,
   forgetStatements,
   holdProcess,
-  isPrepared,
   PrefixedQuery,
   waiting,
   isConnectTimeout,
@@ -406,15 +405,20 @@ t.test('connectionParameters(): what pg read from the config and the connection 
   t.match(params, { host: 'h', port: 5433, database: 'd', options: '-c x=1', statement_timeout: '5', lock_timeout: 7 })
 })
 
-t.test('isPrepared() and forgetStatements(): connection.parsedStatements per name; waiting(): _queryQueue', async (t) => {
+t.test('forgetStatements(): connection.parsedStatements per name; waiting(): _queryQueue; a Close pg sends is ignored by it', async (t) => {
   const client = await connected(t)
   const named = { name: 'p_one', text: 'select $1::int as n', values: [1] }
-  t.equal(isPrepared(client, 'p_one'), false)
+  const parsed = (): boolean => wire(client).parsedStatements.p_one !== undefined
+  t.equal(parsed(), false)
   await client.query(named)
-  t.equal(isPrepared(client, 'p_one'), true, 'recorded once its Parse was answered')
-  await client.query('deallocate p_one')
+  t.equal(parsed(), true, 'recorded once its Parse was answered')
+  // A Close written ahead of a statement (as PrefixedQuery does): its CloseComplete is ignored.
+  const closed = deferred<Error | null>()
+  client.query(new PrefixedQuery([], { text: 'select $1::int as n' }, [1], (error) => closed.resolve(error), ['p_one']) as never)
+  t.equal(await closed.promise, null, "pg takes the server's CloseComplete without complaint")
+  t.equal((await client.query("select count(*)::int as n from pg_prepared_statements where name = 'p_one'")).rows[0].n, 0, 'closed on the server')
   forgetStatements(client, ['p_one'])
-  t.equal(isPrepared(client, 'p_one'), false)
+  t.equal(parsed(), false)
   t.same((await client.query(named)).rows, [{ n: 1 }], 'pg prepares it again')
 
   const first = client.query('select pg_sleep(0.05)')

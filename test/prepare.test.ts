@@ -23,11 +23,13 @@ t.test('preparable(): statements with parameters, not named, not cursors, not op
   t.equal(preparable(42, [1]), undefined)
 })
 
-t.test('staleStatement(): 26000, and the 0A000 of plan revalidation only', async (t) => {
+t.test('staleStatement(): 26000 at Bind and the 0A000 of plan revalidation (sent again); a value pg could not serialise (closed by pg)', async (t) => {
   const error = (fields: object): Error => Object.assign(new Error('x'), fields)
-  t.same(staleStatement(error({ code: '26000', routine: 'FetchPreparedStatement' })), { gone: true })
-  t.same(staleStatement(error({ code: '0A000', routine: 'RevalidateCachedQuery' })), { gone: false })
-  t.equal(staleStatement(error({ code: '0A000', routine: 'transformSelectStmt' })), undefined, 'another feature not supported')
-  t.equal(staleStatement(error({ code: '42P01' })), undefined)
-  t.equal(staleStatement(new Error('Connection terminated unexpectedly')), undefined)
+  t.same(staleStatement(error({ code: '26000', routine: 'FetchPreparedStatement', severity: 'ERROR' })), { gone: true, resend: true })
+  t.same(staleStatement(error({ code: '0A000', routine: 'RevalidateCachedQuery', severity: 'ERROR' })), { gone: false, resend: true })
+  t.equal(staleStatement(error({ code: '26000', routine: 'exec_stmt_raise', severity: 'ERROR' })), undefined, 'raised by the statement itself: it ran')
+  t.equal(staleStatement(error({ code: '0A000', routine: 'transformSelectStmt', severity: 'ERROR' })), undefined, 'another feature not supported')
+  t.equal(staleStatement(error({ code: '42P01', severity: 'ERROR' })), undefined)
+  t.same(staleStatement(new TypeError('Do not know how to serialize a BigInt')), { gone: true, resend: false }, 'no server severity: pg closed the statement')
+  t.equal(staleStatement(error({ code: 'ECONNRESET' })), undefined, 'a socket error')
 })
