@@ -77,7 +77,7 @@ export async function measure (url: string, connections: number, duration = DURA
  * Each contender measured `ROUNDS` times, interleaved (A B C, B C A, ...), so a slow moment of the
  * machine does not land on one contender; the median round of each is kept.
  */
-export async function compare (contenders: Array<{ name: string, url: string }>, connections: number): Promise<Map<string, Measured>> {
+export async function compare (contenders: Array<{ name: string, url: string }>, connections: number): Promise<Map<string, Measured & { rounds: Measured[] }>> {
   for (const { url } of contenders) await autocannon(url, connections, 1) // warm up
   const runs = new Map<string, Measured[]>(contenders.map(({ name }) => [name, []]))
   for (let round = 0; round < ROUNDS; round++) {
@@ -86,10 +86,20 @@ export async function compare (contenders: Array<{ name: string, url: string }>,
       runs.get(name)!.push(await measure(url, connections))
     }
   }
-  return new Map([...runs].map(([name, measured]) => {
-    const sorted = measured.slice().sort((a, b) => a.rps - b.rps)
-    return [name, sorted[Math.floor(sorted.length / 2)]!]
+  return new Map([...runs].map(([name, rounds]) => {
+    const sorted = rounds.slice().sort((a, b) => a.rps - b.rps)
+    return [name, { ...sorted[Math.floor(sorted.length / 2)]!, rounds }]
   }))
+}
+
+/**
+ * The median over rounds of `of(a) - of(b)`, each round's two measured minutes apart at most: a
+ * slow stretch of the machine lands on both, and cancels (the difference of two medians does not).
+ */
+export function pairedMedian (a: { rounds: Measured[] }, b: { rounds: Measured[] }, of: (m: Measured) => number): number {
+  const differences = a.rounds.map((m, i) => of(m) - of(b.rounds[i]!)).sort((x, y) => x - y)
+  const mid = differences.length / 2
+  return differences.length % 2 === 1 ? differences[Math.floor(mid)]! : (differences[mid - 1]! + differences[mid]!) / 2
 }
 
 /**
@@ -122,7 +132,7 @@ export class Arena {
   }
 
   /** Every contender measured under `connections` concurrent clients (see `compare`); then all closed. */
-  async run (connections: number): Promise<Map<string, Measured>> {
+  async run (connections: number): Promise<Map<string, Measured & { rounds: Measured[] }>> {
     try {
       return await compare(this.contenders, connections)
     } finally {
