@@ -153,10 +153,7 @@ export class Wire {
   call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, prefix: readonly string[] = []): void {
     const { client } = conn
     const text = prepare && !this.#opts.pgbouncer ? preparable(statement, values) : undefined
-    if (text === undefined) {
-      if (prefix.length === 0) return (client.query as (...args: unknown[]) => void)(statement, values, callback)
-      return submit(client, prefix, statement, values, callback)
-    }
+    if (text === undefined) return submit(client, prefix, statement, values, callback)
     const statements = conn.statements ??= new Statements(this.#opts.statementCacheSize)
     const alone = !busy(client) && client.getTransactionStatus() === 'I' && !prefix.some(opens)
     const name = statements.nameOf(text)
@@ -170,8 +167,12 @@ export class Wire {
   }
 }
 
-/** A statement with others in front of it, or prepared statements to close (see PrefixedQuery). */
-function submit (client: Conn['client'], prefix: readonly string[], statement: unknown, values: unknown, done: Callback, close?: readonly string[]): void {
+/**
+ * Hands `statement` to pg: as it is when nothing goes in front of it (most statements), else in a
+ * PrefixedQuery with the statements in front and the prepared statements to close.
+ */
+function submit (client: Conn['client'], prefix: readonly string[], statement: unknown, values: unknown, done: Callback, close: readonly string[] = []): void {
+  if (prefix.length === 0 && close.length === 0) return (client.query as (...args: unknown[]) => void)(statement, values, done)
   const query: PrefixedQuery = new PrefixedQuery(prefix, statement, values, (error, result) => done(error, result, query.passed), close)
   client.query(query as never)
 }
