@@ -112,6 +112,29 @@ export const PgSubmittableError: FastifyErrorConstructor<{ code: 'FST_PG_SUBMITT
   500
 )
 
+/**
+ * The request's identity (the `identity` option) could not be had: its function threw an error
+ * without an HTTP status, or returned something that is not an identity. No statement of the
+ * request was sent on that database.
+ */
+export const PgIdentityError: FastifyErrorConstructor<{ code: 'FST_PG_IDENTITY', statusCode: 500 }, [string, ({ cause: unknown } | undefined)?]> = createError(
+  'FST_PG_IDENTITY',
+  "The request's database identity could not be applied: %s; no statement was sent",
+  500
+)
+
+/**
+ * A statement that cannot carry the request's identity where it was sent: a cursor, stream or
+ * COPY, several statements in one string or `queryMode: 'simple'` outside a transaction (only the
+ * extended protocol carries the identity's parameters in front of a statement); a statement
+ * PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...).
+ */
+export const PgIdentityUnsupportedError: FastifyErrorConstructor<{ code: 'FST_PG_IDENTITY_UNSUPPORTED', statusCode: 500 }, [string]> = createError(
+  'FST_PG_IDENTITY_UNSUPPORTED',
+  '%s; the statement was not sent',
+  500
+)
+
 /** `request.db` was used after its request ended; the query was not sent. */
 export const PgRequestEndedError: FastifyErrorConstructor<{ code: 'FST_PG_REQUEST_ENDED', statusCode: 500 }, []> = createError(
   'FST_PG_REQUEST_ENDED',

@@ -19,6 +19,8 @@ export {
   PgCommitUnknownError,
   PgConnectionLostError,
   PgDoubleReleaseError,
+  PgIdentityError,
+  PgIdentityUnsupportedError,
   PgInvalidOptionError,
   PgNotReadyError,
   PgPoolClosedError,
@@ -45,6 +47,7 @@ export type { PgRouteConfig } from './route.js'
 export type { PgDatabaseName, PgDatabases, PgRequestDbs, RequestDb } from './db.js'
 export type { PgDecorator } from './databases.js'
 export type { TransactionOptions } from './transaction.js'
+export type { PgIdentity, PgIdentityResolver } from './identity.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {

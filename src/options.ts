@@ -3,6 +3,7 @@ import type { FastifyUnderPressureOptions as UnderPressureOptions } from '@fasti
 import { PgInvalidOptionError } from './errors.js'
 import { connectionParameters } from './pg-internals.js'
 import type { PgDatabaseName } from './db.js'
+import type { PgIdentityResolver } from './identity.js'
 
 /** Options of the plugin itself; pg's Client and pg-pool options are accepted beside them (`OPTIONS`). */
 export interface PgPoolPluginOptions {
@@ -130,6 +131,17 @@ export interface PgPoolPluginOptions {
    */
   statementCacheSize?: number
   /**
+   * Who is asking, in the database: `(request, db) => ({ role, settings })`, sync or async. Each
+   * statement a request sends on this database (through `request.db`, its transactions, its
+   * `connection()` client, an ORM on them) runs as `role` with `settings` set for it
+   * (`set_config(name, value, true)` in the statement's own transaction, sent in front of it in
+   * the same round trip): what row-level security policies read. Called once per request, on its
+   * first statement; `undefined` returned: none. A route can say otherwise
+   * (`config.pgPool.identity`, `false` for none). See the README's "Row-level security".
+   * @default undefined (statements run as the connection's user)
+   */
+  identity?: PgIdentityResolver
+  /**
    * A checkout held longer than this logs one warning with its route, method, request id, held
    * time and the stack where it was checked out. Connections of a request are returned when it
    * ends, so this finds requests that do not end (a hung handler holds its connection as long as
@@ -188,6 +200,7 @@ export interface ResolvedOptions {
   readonly pgbouncer: boolean
   readonly prepare: boolean
   readonly statementCacheSize: number
+  readonly identity: PgIdentityResolver | undefined
   readonly pooling: boolean
   /** 0: off. */
   readonly leakDetectionMs: number
@@ -278,6 +291,7 @@ export const OPTIONS = {
   pgbouncer: pool(bool, false),
   prepare: pool(bool),
   statementCacheSize: pool(count(1), 100),
+  identity: pool(kind<PgIdentityResolver>('a function (request, db) returning { role, settings }, a promise of one, or undefined', (v) => typeof v === 'function')),
   leakDetectionMs: pool(ms(0, true), 0),
   pooling: pool(bool, true),
   // pg-pool's.
@@ -524,6 +538,7 @@ export function resolveOptions (input: PgPoolOptions | undefined, DefaultClient:
     pgbouncer,
     prepare,
     statementCacheSize: get('statementCacheSize'),
+    identity: has('identity') ? get('identity') : undefined,
     pooling,
     leakDetectionMs: orOff(get('leakDetectionMs'), 0),
     underPressure: get('underPressure'),

@@ -23,7 +23,7 @@ import pg, { type Client } from 'pg'
 /** pg's wire connection, as the Query subclass drives it. */
 export interface Connection {
   query (text: string): void
-  parse (msg: { text: string }): void
+  parse (msg: { text: string, name?: string | undefined }): void
   bind (msg: object): void
   execute (msg: object): void
   /** Close of a prepared statement; pg ignores the server's CloseComplete. */
@@ -37,6 +37,7 @@ export interface Connection {
 /** pg's Query, the members the subclass reads or overrides. */
 export interface PgQuery {
   text: string | undefined
+  queryMode: string | undefined
   name: string | undefined
   values: unknown
   requiresPreparation (): boolean
@@ -46,6 +47,12 @@ export interface PgQuery {
   handleCommandComplete (msg: unknown, connection: Connection): void
   handleError (error: Error, connection: Connection): void
 }
+
+/** What PrefixedQuery records, in pg's `parsedStatements`, for a statement the server may or may not have. */
+const IN_DOUBT = ''
+
+/** A statement sent in front of another (PrefixedQuery): a text, or a text and its parameters (all strings). */
+export type Prefix = string | { readonly text: string, readonly values: readonly string[], readonly name?: string | undefined }
 
 /** pg's Query class (exported by pg, undeclared in @types/pg). */
 export const Query = (pg as unknown as { Query: new (...args: unknown[]) => PgQuery }).Query
@@ -253,7 +260,7 @@ export const isConnectTimeout = (error: unknown): boolean => error instanceof Er
  * statement fails, whether its BEGIN ran).
  */
 export class PrefixedQuery extends Query {
-  readonly #prefix: readonly string[]
+  readonly #prefix: readonly Prefix[]
   /** Statements in front whose results have been consumed. */
   passed = 0
   /** Characters in front of the statement's own text (simple protocol): error positions are moved back. */
@@ -270,11 +277,13 @@ export class PrefixedQuery extends Query {
   /** Prepared statements closed on the server ahead of everything (Close messages): no answer to wait for, no error if gone. */
   readonly #close: readonly string[]
 
-  constructor (prefix: readonly string[], config: unknown, values: unknown, callback: (error: Error | null, result?: any) => void, close: readonly string[] = []) {
+  constructor (prefix: readonly Prefix[], config: unknown, values: unknown, callback: (error: Error | null, result?: any) => void, close: readonly string[] = []) {
     super(config, values, callback)
     this.#prefix = prefix
     this.#close = close
     this.query_timeout = (config as { query_timeout?: number } | null)?.query_timeout
+    // Parameters in front travel in the extended protocol only: the statement goes that way too.
+    if (prefix.some((p) => typeof p !== 'string')) this.queryMode = 'extended'
   }
 
   /** pg refused the statement unsent: nothing in front was sent either. */
@@ -293,6 +302,7 @@ export class PrefixedQuery extends Query {
       return super.submit(connection)
     }
     if (!this.requiresPreparation()) {
+      // (Texts only: one with parameters made the statement extended.)
       const prefix = this.#prefix.join(';') + ';'
       this.#shift = prefix.length
       connection.query(prefix + (this.text as string))
@@ -304,9 +314,21 @@ export class PrefixedQuery extends Query {
     stream.cork?.()
     try {
       for (const name of this.#close) connection.close({ type: 'S', name })
-      for (const text of this.#prefix) {
-        connection.parse({ text })
-        connection.bind({})
+      for (const statement of this.#prefix) {
+        if (typeof statement === 'string') {
+          connection.parse({ text: statement })
+          connection.bind({})
+        } else {
+          const { text, values, name } = statement
+          const known = name === undefined ? undefined : connection.parsedStatements[name] ?? connection.submittedNamedStatements[name]
+          if (known !== text) {
+            // In doubt (a batch it was in failed): closed first, in case the server has it.
+            if (known === IN_DOUBT) connection.close({ type: 'S', name: name as string })
+            connection.parse({ text, name })
+            if (name !== undefined) connection.submittedNamedStatements[name] = text
+          }
+          connection.bind({ statement: name, values })
+        }
         connection.execute({})
       }
       const error = super.submit(connection)
@@ -341,6 +363,11 @@ export class PrefixedQuery extends Query {
   override handleCommandComplete (msg: unknown, connection: Connection): void {
     if (!this.#ahead) return super.handleCommandComplete(msg, connection)
     // One in front has answered; after the last, the statement's own messages follow.
+    const done = this.#prefix[this.passed]
+    if (typeof done === 'object' && done.name !== undefined && connection.submittedNamedStatements[done.name] !== undefined) {
+      connection.parsedStatements[done.name] = done.text
+      delete connection.submittedNamedStatements[done.name]
+    }
     if (++this.passed === this.#prefix.length) this.name = this.#name
   }
 
@@ -351,6 +378,13 @@ export class PrefixedQuery extends Query {
       // One in front failed: the statement was skipped, so it is not prepared.
       this.name = this.#name
       if (this.name !== undefined) delete connection.submittedNamedStatements[this.name]
+      // Whether the server has the named ones from there on is not known (the failing one may
+      // have been parsed): the next batch closes and prepares them again.
+      for (const statement of this.#prefix.slice(this.passed)) {
+        if (typeof statement === 'string' || statement.name === undefined) continue
+        delete connection.submittedNamedStatements[statement.name]
+        connection.parsedStatements[statement.name] = IN_DOUBT
+      }
     }
     super.handleError(error, connection)
   }

@@ -8,9 +8,10 @@ import type { Conn, Holder } from './conn.js'
 import { guardClient } from './guard.js'
 import { LeakDetector } from './leaks.js'
 import { channels, newCounters, WINDOW_MS, type PoolCounters, type Summary } from './metrics.js'
+import type { PgIdentityResolver } from './identity.js'
 import type { PgQueryConfig, ResolvedOptions } from './options.js'
 import { Slots, type PoolCounts } from './slots.js'
-import { Wire } from './send.js'
+import { Wire, type Carry } from './send.js'
 import { PoolContract, type PgPoolLike } from './pool-contract.js'
 import { busy, isReadTimeout } from './pg-internals.js'
 import { commits } from './transaction.js'
@@ -70,9 +71,12 @@ export class Pool extends PoolContract implements PgPool {
   readonly release: (conn: Conn, error?: unknown) => void
   /** @internal How long a checkout may wait (`acquireTimeoutMs`). */
   get acquireTimeoutMs (): number { return this.#opts.acquireTimeoutMs }
+  /** @internal The `identity` option: who a request's statements run as here. */
+  get identity (): PgIdentityResolver | undefined { return this.#opts.identity }
   /** @internal Leak detection is on: checkouts should bring an `origin`. */
   readonly leakDetection: boolean
-  readonly #clock
+  /** What travels with `fastify.pg.query()` statements: the app's own, so no identity. */
+  readonly #carry: Carry
   readonly options: PoolOptions
 
   constructor (opts: ResolvedOptions, log: FastifyBaseLogger) {
@@ -80,7 +84,7 @@ export class Pool extends PoolContract implements PgPool {
     this.#opts = opts
     this.options = poolOptions(opts)
     this.wire = new Wire(opts)
-    this.#clock = this.wire.clock(undefined)
+    this.#carry = { clock: this.wire.clock(undefined), prepare: this.wire.prepares, identity: undefined }
     const checkout = this.#checkout = new Checkout(this, opts, log, this.#counters)
     this.#slots = checkout.slots = new Slots(this, opts, log, this.#counters, {
       open: (deadline, log) => checkout.open(deadline, log),
@@ -187,7 +191,7 @@ export class Pool extends PoolContract implements PgPool {
     const conn = await this.acquire({ origin: this.#leaks.origin() })
     try {
       const result = await new Promise<QueryResult<any>>((resolve, reject) => {
-        this.wire.send(conn, textOrConfig, values, this.#clock, (error, res) => error ? reject(error) : resolve(res))
+        this.wire.send(conn, textOrConfig, values, this.#carry, (error, res) => error ? reject(error) : resolve(res))
       })
       this.release(conn)
       return result

@@ -1,4 +1,4 @@
-import type { FastifyBaseLogger } from 'fastify'
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { PoolClient, QueryResult } from 'pg'
 import {
   PgCallbackError,
@@ -23,7 +23,9 @@ import type { PgQueryConfig } from './options.js'
 import type { AcquireOptions, Pool } from './pool.js'
 import { Abandon } from './queue.js'
 import type { RouteSettings } from './route.js'
-import type { Callback, Clock } from './send.js'
+import { takesIdentity, type Callback, type Carry } from './send.js'
+import { resolveIdentity, type Identity, type PgIdentityResolver } from './identity.js'
+import { DEFAULT } from './databases.js'
 import { noop } from './deadline.js'
 import { busy, isReadTimeout } from './pg-internals.js'
 import { RequestPool } from './request-pool.js'
@@ -117,10 +119,19 @@ export class RequestHandle implements Runner {
   /** The `connection()` clients of this checkout, one per db that asked. */
   #clients: Map<RequestDb, GuardedClient> | undefined
   #origin: Error | undefined
-  /** Which statements carry the statement timeout, when one travels with them (see send.ts). */
-  #clock: Clock | undefined
-  /** Statements with parameters are prepared: the route's word, else its database's. */
-  #prepare: boolean
+  /** What travels with its statements: the statement timeout, whether they are prepared, the identity (see send.ts). */
+  #carry: Carry
+  /**
+   * The request's identity on this database (see identity.ts): to be had from this function,
+   * until the first checkout asks for it.
+   */
+  #resolver: PgIdentityResolver | undefined
+  /** While an async identity is being had: the checkout waits for it. */
+  #identifying: Promise<void> | undefined
+  /** The identity could not be had: every statement fails with this, unsent. */
+  #unidentified: Error | undefined
+  /** The database's name, as the identity function is told it. */
+  readonly #db: string
   /** `pool`, made on first use. */
   #view: RequestPool | undefined
   /** Every pg.Pool view of this request's dbs: none gives a turn after the end. */
@@ -133,8 +144,9 @@ export class RequestHandle implements Runner {
     // A named database's lines say which one.
     this.#log = label === undefined ? request.log : request.log.child({ db: label })
     this.#holder = request
-    this.#clock = pool.wire.clock(settings.statementTimeoutMs)
-    this.#prepare = settings.prepare ?? pool.wire.prepares
+    this.#carry = { clock: pool.wire.clock(settings.statementTimeoutMs), prepare: settings.prepare ?? pool.wire.prepares, identity: undefined }
+    this.#resolver = settings.identity === false ? undefined : settings.identity ?? pool.identity
+    this.#db = label ?? DEFAULT
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out. A reply
     // that is complete ('prefinish', `res.end()`, HTTP/1) may take long to reach a slow client:
@@ -281,9 +293,20 @@ export class RequestHandle implements Runner {
       (statement) => {
         const frames = this.#txs?.frames
         const step = frames !== undefined && frames.size > 0 ? frames.translate(statement, conn.client.getTransactionStatus()) : undefined
-        return this.#pool.wire.admit(conn, step === undefined ? statement : step.statement)
+        const admitted = this.#pool.wire.admit(conn, step === undefined ? statement : step.statement)
+        // A cursor, stream or COPY: the identity goes just before it (inside a transaction).
+        const { identity } = this.#carry
+        if (identity !== undefined && typeof (admitted as { submit?: unknown } | null)?.submit === 'function') this.#pool.wire.lead(conn, admitted, identity)
+        return admitted
       },
-      (statement, values, callback) => this.#pool.wire.call(conn, statement, values, callback, this.#prepare),
+      // (No statement timeout travels with these: see the README's statementTimeoutMs.)
+      (statement, values, callback) => {
+        try {
+          this.#pool.wire.carry(conn, statement, values, { ...this.#carry, clock: undefined }, callback)
+        } catch (error) {
+          process.nextTick(callback, error)
+        }
+      },
       (error) => this.#warn(error)
     )
     this.#clients?.set(scope, guarded)
@@ -344,7 +367,7 @@ export class RequestHandle implements Runner {
         // The stack of the request's first use of request.db: the handler's line, for the leak warning.
         if (this.#pool.leakDetection) this.#origin ??= new Error('checked out here')
         const options = { signal: abandon, log: this.#log, holder: this.#holder, origin: this.#origin }
-        const checkout = this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
+        const checkout = this.#checkout(options)
         // An idle connection, handed out at once: the statement goes out now.
         if (!(checkout instanceof Promise)) return this.#move('held', checkout)
         this.#state = { kind: 'acquiring', checkout, abandon }
@@ -390,6 +413,50 @@ export class RequestHandle implements Runner {
   }
 
   /**
+   * The connection, once the request's identity is had: both at once when they are at hand (a
+   * sync identity function, an idle connection). A connection is not held while an async
+   * identity function runs, nor checked out when it fails.
+   */
+  #checkout (options: AcquireOptions): Conn | Promise<Conn> {
+    let identifying: Promise<void> | undefined
+    try {
+      identifying = this.#identify()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    const acquire = (): Conn | Promise<Conn> => this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
+    return identifying === undefined ? acquire() : identifying.then(acquire)
+  }
+
+  /** Has the identity (once per request): throws what it failed with, or a promise while an async one runs. */
+  #identify (): Promise<void> | undefined {
+    if (this.#unidentified !== undefined) throw this.#unidentified
+    const resolver = this.#resolver
+    if (resolver === undefined) return this.#identifying
+    this.#resolver = undefined
+    const had = (identity: Identity | undefined): void => {
+      this.#carry = { ...this.#carry, identity }
+      this.#identifying = undefined
+    }
+    const failed = (error: unknown): never => {
+      this.#unidentified = error as Error
+      this.#identifying = undefined
+      throw error
+    }
+    let identity: Identity | undefined | Promise<Identity | undefined>
+    try {
+      identity = resolveIdentity(resolver, this.#holder as unknown as FastifyRequest, this.#db)
+    } catch (error) {
+      return failed(error)
+    }
+    if (!(identity instanceof Promise)) {
+      had(identity)
+      return undefined
+    }
+    return (this.#identifying = identity.then(had, failed))
+  }
+
+  /**
    * The route's database, or its fallback (see fallback.ts): the request goes on where it got its
    * connection (after a failed checkout, its next statement may fall back again).
    */
@@ -399,8 +466,8 @@ export class RequestHandle implements Runner {
     this.#fallback = undefined
     if (got.pool === fallback.pool) {
       this.#pool = fallback.pool
-      this.#clock = fallback.pool.wire.clock(this.#settings.statementTimeoutMs)
-      this.#prepare = this.#settings.prepare ?? fallback.pool.wire.prepares
+      // (The identity stays the route's database's: the fallback serves the same data.)
+      this.#carry = { ...this.#carry, clock: fallback.pool.wire.clock(this.#settings.statementTimeoutMs), prepare: this.#settings.prepare ?? fallback.pool.wire.prepares }
       this.#log = fallback.label === undefined ? this.#holder.log : this.#holder.log.child({ db: fallback.label })
     }
     return got.conn
@@ -463,7 +530,7 @@ export class RequestHandle implements Runner {
     state.running = job
     const done = this.#outcome(state, job, step, fresh)
     try {
-      this.#pool.wire.send(conn, statement, job.values, this.#clock, done, this.#prepare)
+      this.#pool.wire.send(conn, statement, job.values, this.#carry, done)
     } catch (error) {
       // Refused by the wire (session state behind PgBouncer), or by pg at once (a malformed call).
       done(error as Error)
@@ -507,6 +574,8 @@ export class RequestHandle implements Runner {
     if (next === undefined || next.plan !== undefined) return undefined
     const text = textOf(next.text)
     if (text === undefined || typeof (next.text as { submit?: unknown }).submit === 'function' || controlOf(text) !== undefined) return undefined
+    // (One that cannot have the identity in front of it has it sent alone, once the transaction is open.)
+    if (this.#carry.identity !== undefined && takesIdentity(next.text) !== 'front') return undefined
     return this.#queue.shift()
   }
 
@@ -527,7 +596,7 @@ export class RequestHandle implements Runner {
     }
     // (A plain statement, checked above, inside the transaction it begins: neither pg nor the
     // wire refuses one synchronously.)
-    this.#pool.wire.send(state.conn, job.text, job.values, this.#clock, both, this.#prepare, step.statement as string)
+    this.#pool.wire.send(state.conn, job.text, job.values, this.#carry, both, step.statement as string)
   }
 
   /**

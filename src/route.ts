@@ -2,6 +2,7 @@ import type { RouteOptions } from 'fastify'
 import type { PgDatabaseName } from './db.js'
 import { PgInvalidOptionError } from './errors.js'
 import { closest, OPTIONS } from './options.js'
+import type { PgIdentityResolver } from './identity.js'
 import { checkTransactionOptions, type TransactionOptions } from './transaction.js'
 
 /** Route config: `{ config: { pgPool: { ... } } }`. */
@@ -39,6 +40,13 @@ export interface PgRouteConfig {
    * @default the plugin's `prepare`
    */
   prepare?: boolean
+  /**
+   * This route's identity in the database, instead of the plugin's `identity` (of every database
+   * the request uses): a function of the request, or `false` for none (a sign-in route that
+   * reads the users table before anyone is known).
+   * @default the plugin's `identity`, per database
+   */
+  identity?: PgIdentityResolver | false
 }
 
 /** A route's settings after validation, as the request handle reads them. */
@@ -53,9 +61,11 @@ export interface RouteSettings {
   readonly fallback: string | undefined
   /** Whether its statements are prepared, when the route says. */
   readonly prepare: boolean | undefined
+  /** The route's own identity (`false`: none), when it has one. */
+  readonly identity: PgIdentityResolver | false | undefined
 }
 
-export const NONE: RouteSettings = { transaction: undefined, statementTimeoutMs: undefined, db: undefined, fallback: undefined, prepare: undefined }
+export const NONE: RouteSettings = { transaction: undefined, statementTimeoutMs: undefined, db: undefined, fallback: undefined, prepare: undefined, identity: undefined }
 /**
  * Keyed by each route's own copy of its `config.pgPool`, made when the route was added: a config
  * object shared by several routes, or reaching a route this plugin never saw, has no entry.
@@ -76,7 +86,7 @@ export function knownSettings (config: object | undefined): RouteSettings {
   return (config === undefined ? undefined : settingsOf.get(config)) ?? NONE
 }
 
-const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs', 'db', 'fallback', 'prepare']
+const ROUTE_KEYS = ['shedding', 'transaction', 'statementTimeoutMs', 'db', 'fallback', 'prepare', 'identity']
 
 const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && [Object.prototype, null].includes(Object.getPrototypeOf(v))
@@ -119,9 +129,10 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
   }
   if (!isObject(config)) return fail('', 'an object', config)
   known(config, ROUTE_KEYS, '')
-  const { shedding, transaction, statementTimeoutMs, db, fallback, prepare } = config as PgRouteConfig
+  const { shedding, transaction, statementTimeoutMs, db, fallback, prepare, identity } = config as PgRouteConfig
   if (shedding !== undefined && typeof shedding !== 'boolean') fail('.shedding', 'true or false', shedding)
   if (prepare !== undefined && typeof prepare !== 'boolean') fail('.prepare', 'true or false', prepare)
+  if (identity !== undefined && identity !== false && typeof identity !== 'function') fail('.identity', 'a function (request, db) returning { role, settings }, or false for none', identity)
   let begin: TransactionOptions | undefined
   if (transaction === true) begin = {}
   else if (transaction !== undefined && transaction !== false) {
@@ -145,7 +156,8 @@ export function setupRoute (route: RouteOptions, endTransaction: NonNullable<Rou
     statementTimeoutMs: statementTimeoutMs === undefined ? undefined : statementTimeoutMs || 0,
     db,
     fallback,
-    prepare
+    prepare,
+    identity
   }
   settingsOf.set(own, settings)
   if (begin !== undefined) {

@@ -1,10 +1,12 @@
-import { PgSessionStateError } from './errors.js'
+import { PgIdentityUnsupportedError, PgSessionStateError } from './errors.js'
 import type { Conn } from './conn.js'
+import { noop } from './deadline.js'
+import type { Identity } from './identity.js'
 import type { ResolvedOptions } from './options.js'
-import { busy, PrefixedQuery, waiting } from './pg-internals.js'
+import { busy, PrefixedQuery, waiting, type Prefix } from './pg-internals.js'
 import { named, preparable, staleStatement, Statements } from './prepare.js'
 import { changesSession } from './session.js'
-import { lex, textOf } from './sql.js'
+import { lex, several, textOf } from './sql.js'
 
 /**
  * The one way a statement reaches pg, whoever sends it (`request.db`, `fastify.pg.query`, a
@@ -19,23 +21,23 @@ const BLOCKLESS_WORDS = new Set(['vacuum', 'discard', 'cluster', 'reindex', 'cre
 const MAY_MATTER = /\b(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare|set|vacuum|discard|cluster|reindex|create|drop|alter)\b/i
 
 /**
- * Never sent with the statement timeout in front (`PrefixedQuery` makes the pair one implicit
- * transaction): transaction control and what must be a transaction's first statement (a
- * set_config in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them), and what
- * PostgreSQL refuses inside a transaction block: VACUUM, DISCARD ALL, CLUSTER of every table,
+ * Never sent with statements in front (`PrefixedQuery` makes them one implicit transaction):
+ * transaction control and what must be a transaction's first statement (`control`: a set_config
+ * in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them), and what PostgreSQL refuses
+ * inside a transaction block (`blockless`): VACUUM, DISCARD ALL, CLUSTER of every table,
  * CONCURRENTLY index builds and drops, CREATE/DROP DATABASE, TABLESPACE or SUBSCRIPTION, ALTER
- * SYSTEM. (Those are bounded by the client side only: see `Clock.bound`.) Read from the first
- * tokens, so comments cannot hide it.
+ * SYSTEM. (The statement timeout bounds those from the client side only: see `Clock.bound`.) Read
+ * from the first tokens, so comments cannot hide it.
  */
-export function unprefixable (statement: unknown): boolean {
+export function standsAlone (statement: unknown): 'control' | 'blockless' | undefined {
   const text = textOf(statement)
-  if (text === undefined || !MAY_MATTER.test(text)) return false
+  if (text === undefined || !MAY_MATTER.test(text)) return undefined
   // (a word in a comment, no token at all: no test below holds)
   const tokens = lex(text, 5)
   const [first = '', second = ''] = tokens
-  if (CONTROL_WORDS.has(first)) return true
-  if (second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')) return true
-  return BLOCKLESS_WORDS.has(first) && blockless(first, second, tokens)
+  if (CONTROL_WORDS.has(first)) return 'control'
+  if (second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')) return 'control'
+  return BLOCKLESS_WORDS.has(first) && blockless(first, second, tokens) ? 'blockless' : undefined
 }
 
 function blockless (first: string, second: string, tokens: string[]): boolean {
@@ -70,7 +72,7 @@ export class Clock {
 
   /** The timeout to send with `statement`, about to meet transaction status `tx`. */
   next (statement: unknown, tx: string | null): number | undefined {
-    if (unprefixable(statement)) this.#timed = false
+    if (standsAlone(statement) !== undefined) this.#timed = false
     else if (tx === 'I' || (tx === 'T' && !this.#timed)) {
       this.#timed = tx === 'T'
       return this.#ms
@@ -118,12 +120,13 @@ export class Wire {
   }
 
   /**
-   * Admits `statement` and hands it to pg, with the timeout `clock` gives it. Throws when it is
-   * refused (nothing was sent); pg's own answer, or its refusal, reaches `callback`. `prepare`:
-   * the route's word, where it has one. `begin`: the BEGIN of the transaction it is the first
+   * Admits `statement` and hands it to pg with what travels with it (`carry`: the timeout its
+   * clock gives it, the identity). Throws when it is refused (nothing was sent); pg's own answer,
+   * or its refusal, reaches `callback`. `begin`: the BEGIN of the transaction it is the first
    * statement of, sent in front of it in the same round trip (`callback` hears whether it ran).
    */
-  send (conn: Conn, statement: unknown, values: unknown, clock: Clock | undefined, callback: Callback, prepare = this.prepares, begin?: string): void {
+  send (conn: Conn, statement: unknown, values: unknown, carry: Carry, callback: Callback, begin?: string): void {
+    const { clock } = carry
     let tx = conn.client.getTransactionStatus()
     if (begin !== undefined) {
       // The BEGIN first, as if sent alone: the statement then meets an open transaction.
@@ -132,10 +135,53 @@ export class Wire {
     }
     const admitted = this.admit(conn, statement, tx)
     const ms = clock?.next(admitted, tx)
-    const prefix = ms === undefined ? [] : [`select set_config('statement_timeout', '${ms}', true)`]
+    const prefix: Prefix[] = ms === undefined ? [] : [`select set_config('statement_timeout', '${ms}', true)`]
     if (begin !== undefined) prefix.unshift(begin)
     // (With a clock, each statement carries its own bound; else pg's client-wide one applies.)
-    this.call(conn, clock === undefined ? admitted : bounded(admitted, clock.bound), values, callback, prepare, prefix)
+    this.carry(conn, clock === undefined ? admitted : bounded(admitted, clock.bound), values, carry, callback, prefix)
+  }
+
+  /**
+   * Hands an admitted statement to pg with the identity in front of it (see identity.ts), and
+   * `prefix`. A statement that cannot have it in front (simple protocol only) gets it sent just
+   * before it, inside a transaction; outside one that would not hold, and it is refused (thrown).
+   */
+  carry (conn: Conn, statement: unknown, values: unknown, carry: Carry, callback: Callback, prefix: Prefix[] = []): void {
+    const { identity } = carry
+    const takes = identity === undefined ? 'none' : takesIdentity(statement)
+    if (takes === 'front') prefix.push(this.#sendable(identity as Identity))
+    else if (takes !== 'none') {
+      // (The identity's own failure is what the statement after it fails for.)
+      let failed: Error | null = null
+      this.lead(conn, statement, identity as Identity, takes, (error) => { failed = error })
+      return this.call(conn, statement, values, (error, result, passed) => callback(error && (failed ?? error), result, passed), carry.prepare, prefix)
+    }
+    this.call(conn, statement, values, callback, carry.prepare, prefix)
+  }
+
+  /**
+   * Sends `identity` on its own, just before `statement`, if it cannot have it in front (`takes`:
+   * why): only inside a transaction, which it then holds for (`heard`: its outcome). Throws,
+   * sending nothing, outside one (or when pg's status may be stale: something is still running),
+   * and for what cannot carry it at all.
+   */
+  lead (conn: Conn, statement: unknown, identity: Identity, takes = takesIdentity(statement), heard: (error: Error | null) => void = noop): void {
+    const { client } = conn
+    if (takes === 'none' || takes === 'front') return
+    if (takes === 'alone' && !busy(client) && client.getTransactionStatus() === 'T') {
+      // A failure aborts the transaction: the statement after it fails too.
+      return this.call(conn, identity.text, identity.values, heard, false)
+    }
+    throw new PgIdentityUnsupportedError(takes === 'blockless'
+      ? "A statement PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...) cannot carry the request's identity"
+      : takes === 'several'
+        ? "A string of several statements cannot carry the request's identity (only the simple protocol runs it, and a COMMIT in it would end the identity): send them one by one"
+        : "A cursor, stream, COPY or `queryMode: 'simple'` statement carries the request's identity only inside a transaction: run it in request.db.transaction() or a route transaction")
+  }
+
+  /** The identity as sent here: prepared under its name where statements are prepared. */
+  #sendable (identity: Identity): Prefix {
+    return this.#opts.prepare ? identity : { text: identity.text, values: identity.values }
   }
 
   /** Statements with parameters are prepared (see prepare.ts): never behind PgBouncer. */
@@ -150,7 +196,7 @@ export class Wire {
    * once more, when nothing else can have run in between (no transaction open or begun with it,
    * nothing queued ahead of it or behind it).
    */
-  call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, prefix: readonly string[] = []): void {
+  call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, prefix: readonly Prefix[] = []): void {
     const { client } = conn
     const text = prepare && !this.#opts.pgbouncer ? preparable(statement, values) : undefined
     if (text === undefined) return submit(client, prefix, statement, values, callback)
@@ -171,14 +217,44 @@ export class Wire {
  * Hands `statement` to pg: as it is when nothing goes in front of it (most statements), else in a
  * PrefixedQuery with the statements in front and the prepared statements to close.
  */
-function submit (client: Conn['client'], prefix: readonly string[], statement: unknown, values: unknown, done: Callback, close: readonly string[] = []): void {
+function submit (client: Conn['client'], prefix: readonly Prefix[], statement: unknown, values: unknown, done: Callback, close: readonly string[] = []): void {
   if (prefix.length === 0 && close.length === 0) return (client.query as (...args: unknown[]) => void)(statement, values, done)
   const query: PrefixedQuery = new PrefixedQuery(prefix, statement, values, (error, result) => done(error, result, query.passed), close)
   client.query(query as never)
 }
 
 /** A statement in front that begins a transaction: what follows fails inside it. */
-const opens = (sql: string): boolean => sql.startsWith('begin')
+const opens = (statement: Prefix): boolean => typeof statement === 'string' && statement.startsWith('begin')
+
+/** What travels with a holder's statements. */
+export interface Carry {
+  /** Which statements carry the statement timeout, when one travels with them. */
+  readonly clock: Clock | undefined
+  /** Statements with parameters are prepared: the route's word, else its database's. */
+  readonly prepare: boolean
+  /** The request's identity, in front of every statement but transaction control. */
+  readonly identity: Identity | undefined
+}
+
+/**
+ * How a statement takes the identity: not at all (transaction control: nothing runs in it);
+ * in front of it (most: the extended protocol carries the parameters); just before it, inside a
+ * transaction (a cursor, stream or COPY, or `queryMode: 'simple'`: their messages are their
+ * own); never (a string of several statements: a COMMIT in it would end the identity; what
+ * PostgreSQL refuses inside a transaction block).
+ */
+type Takes = 'none' | 'front' | 'alone' | 'several' | 'blockless'
+
+export function takesIdentity (statement: unknown): Takes {
+  const config = statement as { submit?: unknown, queryMode?: unknown } | null
+  if (typeof config?.submit === 'function') return 'alone'
+  const text = textOf(statement)
+  if (text !== undefined && several(text)) return 'several'
+  const alone = standsAlone(statement)
+  if (alone === 'control') return 'none'
+  if (alone === 'blockless') return 'blockless'
+  return config?.queryMode === 'simple' ? 'alone' : 'front'
+}
 
 /** pg's callback; `passed`: how many of the statements sent in front completed. */
 export type Callback = (error: Error | null, result?: any, passed?: number) => void

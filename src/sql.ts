@@ -81,3 +81,15 @@ export function lex (text: string, max = Infinity): string[] {
   }
   return tokens
 }
+
+/**
+ * The text holds more than one statement (a `;` with a statement after it), which only the simple
+ * protocol runs: what the extended protocol refuses ("cannot insert multiple commands into a
+ * prepared statement"). Most texts have no `;` and are not split into tokens.
+ */
+export function several (text: string): boolean {
+  if (!text.includes(';')) return false
+  const tokens = lex(text)
+  const end = tokens.indexOf(';')
+  return end !== -1 && tokens.slice(end + 1).some((token) => token !== ';')
+}
