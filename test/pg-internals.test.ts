@@ -22,6 +22,7 @@ import {
   forgetStatements,
   holdProcess,
   PrefixedQuery,
+  type Prefix,
   waiting,
   isConnectTimeout,
   isReadTimeout,
@@ -466,4 +467,49 @@ t.test('PrefixedQuery: statements in front, in one write; their results dropped;
   }
   t.ok(corked.length === 2 && corked.every((n) => n > 0), 'the parse of the BEGIN and of the statement, both corked')
   await client.query('rollback')
+})
+
+t.test('PrefixedQuery: a statement in front with parameters, prepared by name once, closed and prepared again after a failure', async (t) => {
+  const client = await connected(t)
+  const run = (prefix: Prefix[], config: object): Promise<{ error: Error | null, rows: unknown[] | undefined, passed: number }> => new Promise((resolve) => {
+    const query: PrefixedQuery = new PrefixedQuery(prefix, config, undefined, (error, result) => resolve({ error, rows: result?.rows, passed: query.passed }))
+    client.query(query as never)
+  })
+  const connection = wire(client)
+  const parses: string[] = []
+  const closes: string[] = []
+  const { parse, close } = connection
+  connection.parse = function (msg: { text: string, name?: string }) { parses.push(msg.name ?? ''); return parse.call(this, msg) }
+  connection.close = function (msg: { type: 'S', name: string }) { closes.push(msg.name); return close.call(this, msg) }
+  t.teardown(() => Object.assign(connection, { parse, close }))
+  const setting = (value: string, name?: string): Prefix => ({ text: 'select set_config($1, $2, true)', values: ['app.x', value], name })
+  const read = { text: "select current_setting('app.x', true) as x" }
+
+  // A statement without parameters goes the extended way behind it, in the same transaction.
+  t.same((await run([setting('1')], read)).rows, [{ x: '1' }])
+  t.same((await run([setting('2')], { text: 'select current_setting($1, true) as x', values: ['app.x'] })).rows, [{ x: '2' }])
+  t.same(parses, ['', '', '', ''], 'unnamed: parsed every time')
+  parses.length = 0
+
+  for (const value of ['3', '4']) t.same((await run([setting(value, 'p_set')], read)).rows, [{ x: value }])
+  t.same(parses, ['p_set', '', ''], 'named: parsed on its first use only')
+  t.equal(connection.parsedStatements.p_set, 'select set_config($1, $2, true)')
+  parses.length = 0
+
+  // It fails (in an aborted transaction nothing parses): in doubt, so closed and parsed again next time.
+  await client.query('begin')
+  await client.query('select 1/0').catch(() => {})
+  const failed = await run([setting('5', 'p_set')], read)
+  t.match(failed.error, { code: '25P02' })
+  t.equal(failed.passed, 0)
+  await client.query('rollback')
+  parses.length = 0
+  t.same((await run([setting('6', 'p_set')], read)).rows, [{ x: '6' }], 'works again')
+  t.same(closes, ['p_set'], 'closed first, in case the server had it')
+  t.same(parses, ['p_set', ''])
+  // Gone from the server behind pg's back (DEALLOCATE ALL): 26000 once, then prepared again.
+  await client.query('deallocate all')
+  t.match((await run([setting('7', 'p_set')], read)).error, { code: '26000' })
+  t.same((await run([setting('8', 'p_set')], read)).rows, [{ x: '8' }])
+  t.equal(client.getTransactionStatus(), 'I', 'nothing left open')
 })

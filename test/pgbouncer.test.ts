@@ -9,6 +9,7 @@ import pg from 'pg'
 import { buildApp } from './helpers/app.js'
 import { PgBouncer, pgbouncerOrSkip } from './helpers/pgbouncer.js'
 import { setupDatabase } from './helpers/postgres.js'
+import { tenants } from './helpers/tenants.js'
 import { listen, until } from './helpers/util.js'
 
 const found = pgbouncerOrSkip()
@@ -150,6 +151,54 @@ if ('skip' in found) {
       t.equal((await plain.query('show statement_timeout')).rows[0].statement_timeout, '0')
     }
     await plain.end()
+  })
+
+  t.test('row-level security through PgBouncer: each statement its tenant\'s, on 2 server connections, nothing left on them', async (t) => {
+    const tn = await tenants(db, { tenants: 20, rowsEach: 2 })
+    // PgBouncer logging in as the app's role, which owns nothing: the policy binds it.
+    const rls = await PgBouncer.start(t, found.binary, { ...db, url: tn.url }, { poolSize: 2 })
+    const app = await buildApp(t, { ...db, url: rls.url }, { pgbouncer: true, max: 10, maxWaiting: Infinity, identity: tn.fromHeader })
+    const insert = "insert into notes (tenant_id, body) values (nullif(current_setting('app.tenant_id', true), '')::int, $1) returning tenant_id"
+    app.get('/read', async (req) => (await req.db.query('select tenant_id from notes')).rows.map((r) => r.tenant_id))
+    app.get('/write', { config: { pgPool: { transaction: true } } }, async (req) => [
+      ...(await req.db.query(insert, [`asked ${String(req.headers['x-tenant'])}`])).rows.map((r) => r.tenant_id),
+      ...(await req.db.query('select tenant_id from notes where id > $1', [0])).rows.map((r) => r.tenant_id)
+    ])
+    app.get('/client', async (req) => {
+      const client = await req.db.connection()
+      return (await client.query('select tenant_id from notes where id > $1', [0])).rows.map((r) => r.tenant_id)
+    })
+    const problems: string[] = []
+    let next = 0
+    await Promise.all(Array.from({ length: 20 }, async () => {
+      while (next < 1000) {
+        const i = next++
+        const tenant = i % 10 === 0 ? undefined : 1 + i % 20
+        const path = ['/read', '/write', '/client'][i % 3] as string
+        const res = await app.inject({ url: path, headers: tenant === undefined ? {} : { 'x-tenant': String(tenant) } })
+        if (tenant === undefined && path === '/write') {
+          if (res.json().code !== '42501') problems.push(`${path} without an identity: ${res.body}`)
+          continue
+        }
+        if (res.statusCode !== 200) problems.push(`${path} as ${String(tenant)}: ${res.statusCode} ${res.body}`)
+        else if ((res.json() as number[]).some((seen) => seen !== tenant)) problems.push(`${path} as ${String(tenant)} saw ${res.body}`)
+      }
+    }))
+    t.same(problems, [], 'every statement saw its tenant\'s rows only; without an identity, none')
+    const { rows } = await db.admin<{ tenant_id: number, body: string }>("select tenant_id, body from notes where body like 'asked %'")
+    t.ok(rows.length > 0)
+    t.same(rows.filter((row) => row.body !== `asked ${row.tenant_id}`), [], 'every row written under the tenant that asked')
+    // Both server connections, straight after (each held by a transaction of its own): neither role nor setting.
+    const plain = [new pg.Client({ connectionString: rls.url }), new pg.Client({ connectionString: rls.url })]
+    const sessions = await Promise.all(plain.map(async (client) => {
+      await client.connect()
+      await client.query('begin')
+      const { rows: [row] } = await client.query("select pg_backend_pid() as pid, current_user as user, coalesce(current_setting('app.tenant_id', true), '') as s")
+      return row
+    }))
+    t.equal(new Set(sessions.map((row) => row.pid)).size, 2, 'both server connections')
+    t.same(sessions.map(({ user, s }) => ({ user, s })), [{ user: tn.login, s: '' }, { user: tn.login, s: '' }], 'neither holds a role or a setting')
+    await Promise.all(plain.map((client) => client.end()))
   })
 
   t.test('PgBouncer KILL, then RESUME: coded 503s during, recovery after', async (t) => {

@@ -49,12 +49,12 @@ export interface Sent {
 }
 
 /** A real HTTP request that the test can abort at any point. */
-export function send (url: string, { method = 'GET', body }: { method?: string, body?: unknown } = {}): Sent {
+export function send (url: string, { method = 'GET', body, headers: extra = {} }: { method?: string, body?: unknown, headers?: Record<string, string> } = {}): Sent {
   const payload = body === undefined ? undefined : JSON.stringify(body)
   const req = http.request(url, {
     method,
     agent: false,
-    headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }
+    headers: { ...extra, ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) }
   })
   const headers = deferred<http.IncomingMessage>()
   const done = new Promise<Awaited<Sent['done']>>((resolve) => {

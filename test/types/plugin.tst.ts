@@ -4,6 +4,8 @@ import { expect, test } from 'tstyche'
 import pgPool, {
   PgAcquireTimeoutError,
   pgPool as named,
+  type PgIdentity,
+  type PgIdentityResolver,
   type PgPoolOptions,
   type PoolStats,
   type RequestDb
@@ -74,6 +76,20 @@ test('prepared statements: a plugin option, a route option, a statement option',
     expect(app.pg.query({ text: 'select $1::int', values: [1], prepare: false })).type.toBe<Promise<QueryResult<any>>>()
     return 'ok'
   })
+})
+
+test('identity: a plugin option and a route option, sync or async; PgIdentity exported', () => {
+  expect(app.register(pgPool, { identity: (req, db) => ({ role: 'tenant_user', settings: { 'app.tenant_id': String(req.id), 'app.db': db } }) })).type.not.toRaiseError()
+  expect(app.register(pgPool, { identity: async () => ({ settings: { 'app.tenant_id': 1, 'app.admin': false, 'app.big': 1n } }) })).type.not.toRaiseError()
+  expect(app.register(pgPool, { identity: () => undefined })).type.not.toRaiseError()
+  expect(app.register(pgPool, { identity: { role: 'tenant_user' } })).type.toRaiseError()
+  expect(app.register(pgPool, { identity: () => ({ role: 5 }) })).type.toRaiseError()
+  expect(app.register(pgPool, { identity: () => ({ settings: { 'app.tenant_id': { id: 1 } } }) })).type.toRaiseError()
+  expect(app.get('/i', { config: { pgPool: { identity: false } } }, async () => 'ok')).type.not.toRaiseError()
+  expect(app.get('/i', { config: { pgPool: { identity: (req) => req.headers['x-tenant'] === undefined ? undefined : { role: 'tenant_user' } } } }, async () => 'ok')).type.not.toRaiseError()
+  expect(app.get('/i', { config: { pgPool: { identity: true } } }, async () => 'ok')).type.toRaiseError()
+  const resolver: PgIdentityResolver = () => ({ role: 'r' })
+  expect(resolver).type.toBeAssignableTo<(...args: any[]) => PgIdentity | undefined | null | PromiseLike<PgIdentity | undefined | null>>()
 })
 
 test('fastify.pg', () => {
