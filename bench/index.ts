@@ -9,6 +9,7 @@ import { cpus, totalmem } from 'node:os'
 import pg from 'pg'
 import { database } from './lib.js'
 import { hygiene } from './hygiene.js'
+import { identity } from './identity.js'
 import { memory } from './memory.js'
 import { overhead } from './overhead.js'
 import { overload } from './overload.js'
@@ -16,7 +17,7 @@ import { preping } from './preping.js'
 import { pipeline } from './pipeline.js'
 import { prepared } from './prepared.js'
 
-const scenarios = { overhead, prepared, pipeline, overload, memory, preping, hygiene }
+const scenarios = { overhead, prepared, pipeline, identity, overload, memory, preping, hygiene }
 const only = process.env.BENCH_ONLY?.split(',')
 
 const db = await database()

@@ -3,6 +3,7 @@
  * autocannon run in its own process so the load generator does not take the server's event loop.
  */
 import { execFile } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -38,6 +39,37 @@ export interface Measured {
   p99: number
   /** CPU time of this (server) process per request, µs: the cost the contender itself adds. */
   cpuUs: number
+  /** CPU time of PostgreSQL's processes on this machine per request, µs (NaN where /proc cannot tell). */
+  dbCpuUs: number
+}
+
+/**
+ * CPU time so far of every PostgreSQL process on this machine (µs), read from /proc: the server's
+ * side of a request. NaN where there is no /proc, or no local server (DATABASE_URL elsewhere).
+ */
+export function postgresCpuUs (): number {
+  let ticks = 0
+  let found = false
+  try {
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue
+      let stat: string
+      try {
+        stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      } catch {
+        continue // gone meanwhile
+      }
+      const close = stat.lastIndexOf(')')
+      if (stat.slice(stat.indexOf('(') + 1, close) !== 'postgres') continue
+      const fields = stat.slice(close + 2).split(' ')
+      ticks += Number(fields[11]) + Number(fields[12]) // utime, stime
+      found = true
+    }
+  } catch {
+    return Number.NaN
+  }
+  // (Linux reports clock ticks of 1/100 s.)
+  return found ? ticks * 10_000 : Number.NaN
 }
 
 /**
@@ -67,10 +99,13 @@ export async function autocannon (url: string, connections: number, duration: nu
 /** One measurement: throughput and latency (ms) of `url` under `connections` concurrent clients. */
 export async function measure (url: string, connections: number, duration = DURATION): Promise<Measured> {
   const cpu = process.cpuUsage()
+  const db = postgresCpuUs()
   const result = await autocannon(url, connections, duration)
   const { user, system } = process.cpuUsage(cpu)
+  const dbUs = postgresCpuUs() - db
   if (result.non2xx > 0 || result.errors > 0) throw new Error(`${url}: ${result.non2xx} non-2xx, ${result.errors} errors`)
-  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, cpuUs: (user + system) / result.requests.total }
+  const requests = result.requests.total
+  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, cpuUs: (user + system) / requests, dbCpuUs: dbUs / requests }
 }
 
 /**

@@ -120,10 +120,48 @@ function failure (error: unknown): Error {
 }
 
 /**
+ * A request's identity on one database: had from its function once, on the first checkout (at
+ * once when the function returns it, or a promise), and the same every time after; a failure
+ * too, thrown (or rejected) again every time.
+ */
+export class RequestIdentity {
+  #resolver: PgIdentityResolver | undefined
+  readonly #request: FastifyRequest
+  readonly #db: string
+  #had: Identity | undefined | Promise<Identity | undefined>
+  #failure: unknown
+
+  constructor (resolver: PgIdentityResolver | undefined, request: FastifyRequest, db: string) {
+    this.#resolver = resolver
+    this.#request = request
+    this.#db = db
+  }
+
+  get (): Identity | undefined | Promise<Identity | undefined> {
+    const resolver = this.#resolver
+    if (resolver === undefined) {
+      if (this.#failure !== undefined) throw this.#failure
+      return this.#had
+    }
+    this.#resolver = undefined
+    try {
+      const had = this.#had = resolveIdentity(resolver, this.#request, this.#db)
+      if (had instanceof Promise) {
+        had.then((identity) => { this.#had = identity }, (error: unknown) => { this.#failure = error })
+      }
+      return had
+    } catch (error) {
+      this.#failure = error
+      throw error
+    }
+  }
+}
+
+/**
  * Runs `resolve` for `request`: its identity checked, at once when it returns one (no turn of the
  * event loop), or a promise of it. Throws (or rejects) what the statements fail with.
  */
-export function resolveIdentity (resolve: PgIdentityResolver, request: FastifyRequest, db: string): Identity | undefined | Promise<Identity | undefined> {
+function resolveIdentity (resolve: PgIdentityResolver, request: FastifyRequest, db: string): Identity | undefined | Promise<Identity | undefined> {
   let value: ReturnType<PgIdentityResolver>
   try {
     value = resolve(request, db)

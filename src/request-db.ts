@@ -24,7 +24,7 @@ import type { AcquireOptions, Pool } from './pool.js'
 import { Abandon } from './queue.js'
 import type { RouteSettings } from './route.js'
 import { takesIdentity, type Callback, type Carry } from './send.js'
-import { resolveIdentity, type Identity, type PgIdentityResolver } from './identity.js'
+import { RequestIdentity, type Identity } from './identity.js'
 import { DEFAULT } from './databases.js'
 import { noop } from './deadline.js'
 import { busy, isReadTimeout } from './pg-internals.js'
@@ -121,17 +121,8 @@ export class RequestHandle implements Runner {
   #origin: Error | undefined
   /** What travels with its statements: the statement timeout, whether they are prepared, the identity (see send.ts). */
   #carry: Carry
-  /**
-   * The request's identity on this database (see identity.ts): to be had from this function,
-   * until the first checkout asks for it.
-   */
-  #resolver: PgIdentityResolver | undefined
-  /** While an async identity is being had: the checkout waits for it. */
-  #identifying: Promise<void> | undefined
-  /** The identity could not be had: every statement fails with this, unsent. */
-  #unidentified: Error | undefined
-  /** The database's name, as the identity function is told it. */
-  readonly #db: string
+  /** The request's identity on this database (see identity.ts), had on the first checkout. */
+  readonly #identity: RequestIdentity
   /** `pool`, made on first use. */
   #view: RequestPool | undefined
   /** Every pg.Pool view of this request's dbs: none gives a turn after the end. */
@@ -145,8 +136,7 @@ export class RequestHandle implements Runner {
     this.#log = label === undefined ? request.log : request.log.child({ db: label })
     this.#holder = request
     this.#carry = { clock: pool.wire.clock(settings.statementTimeoutMs), prepare: settings.prepare ?? pool.wire.prepares, identity: undefined }
-    this.#resolver = settings.identity === false ? undefined : settings.identity ?? pool.identity
-    this.#db = label ?? DEFAULT
+    this.#identity = new RequestIdentity(settings.identity === false ? undefined : settings.identity ?? pool.identity, request as unknown as FastifyRequest, label ?? DEFAULT)
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out. A reply
     // that is complete ('prefinish', `res.end()`, HTTP/1) may take long to reach a slow client:
@@ -418,42 +408,17 @@ export class RequestHandle implements Runner {
    * identity function runs, nor checked out when it fails.
    */
   #checkout (options: AcquireOptions): Conn | Promise<Conn> {
-    let identifying: Promise<void> | undefined
+    let identity: Identity | undefined | Promise<Identity | undefined>
     try {
-      identifying = this.#identify()
+      identity = this.#identity.get()
     } catch (error) {
       return Promise.reject(error)
     }
-    const acquire = (): Conn | Promise<Conn> => this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
-    return identifying === undefined ? acquire() : identifying.then(acquire)
-  }
-
-  /** Has the identity (once per request): throws what it failed with, or a promise while an async one runs. */
-  #identify (): Promise<void> | undefined {
-    if (this.#unidentified !== undefined) throw this.#unidentified
-    const resolver = this.#resolver
-    if (resolver === undefined) return this.#identifying
-    this.#resolver = undefined
-    const had = (identity: Identity | undefined): void => {
-      this.#carry = { ...this.#carry, identity }
-      this.#identifying = undefined
+    const acquire = (had: Identity | undefined): Conn | Promise<Conn> => {
+      if (had !== this.#carry.identity) this.#carry = { ...this.#carry, identity: had }
+      return this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
     }
-    const failed = (error: unknown): never => {
-      this.#unidentified = error as Error
-      this.#identifying = undefined
-      throw error
-    }
-    let identity: Identity | undefined | Promise<Identity | undefined>
-    try {
-      identity = resolveIdentity(resolver, this.#holder as unknown as FastifyRequest, this.#db)
-    } catch (error) {
-      return failed(error)
-    }
-    if (!(identity instanceof Promise)) {
-      had(identity)
-      return undefined
-    }
-    return (this.#identifying = identity.then(had, failed))
+    return identity instanceof Promise ? identity.then(acquire) : acquire(identity)
   }
 
   /**
