@@ -2,7 +2,8 @@ import { performance } from 'node:perf_hooks'
 import type { Client } from 'pg'
 import { isConnectionError } from './errors.js'
 import { noop } from './deadline.js'
-import { destroySocket, forgetPrepared, isReadTimeout } from './pg-internals.js'
+import { NAMED } from './identity.js'
+import { destroySocket, doubtStatements, forgetPrepared, isReadTimeout } from './pg-internals.js'
 import type { Statements } from './prepare.js'
 
 /** Why a connection left the pool for good. */
@@ -93,6 +94,15 @@ export class Conn {
       this.stuck = true
       this.condemn('error')
     }
+  }
+
+  /**
+   * A DEALLOCATE or DISCARD went by (the user's): the statements the plugin prepared may be gone,
+   * or not (it may yet fail). Each is closed and prepared again before its next use.
+   */
+  preparedInDoubt (): void {
+    this.statements?.doubt()
+    doubtStatements(this.client, NAMED)
   }
 
   /** After DISCARD ALL: nothing of the last checkout's session is left. */

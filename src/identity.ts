@@ -58,15 +58,18 @@ const OWNED = new Map([
  * name each is prepared under: the same few on every connection.
  */
 const shapes = new Map<string, { text: string, name: string }>()
+/** What the names of those statements start with. */
+export const NAMED = 'fpp_identity_'
 
 function shapeOf (role: boolean, settings: number): { text: string, name: string } {
   const key = `${role ? 'r' : ''}${settings}`
   let shape = shapes.get(key)
   if (shape === undefined) {
-    const calls = role ? ["set_config('role', $1, true)"] : []
+    // (Schema-qualified: a search_path among the settings cannot put another set_config first.)
+    const calls = role ? ["pg_catalog.set_config('role', $1, true)"] : []
     let n = calls.length
-    for (let i = 0; i < settings; i++) calls.push(`set_config($${++n}, $${++n}, true)`)
-    shapes.set(key, shape = { text: `select ${calls.join(', ')}`, name: `fpp_identity_${key}` })
+    for (let i = 0; i < settings; i++) calls.push(`pg_catalog.set_config($${++n}, $${++n}, true)`)
+    shapes.set(key, shape = { text: `select ${calls.join(', ')}`, name: `${NAMED}${key}` })
   }
   return shape
 }
@@ -94,8 +97,10 @@ export function identityOf (value: unknown): Identity | undefined {
     if (role === 'none') invalid('the role `none`, which would mean no role: return no role instead')
     values.push(role)
   }
-  if (settings === null || typeof settings !== 'object' || Array.isArray(settings)) invalid('settings that are not an object of names and values')
-  for (const [name, raw] of Object.entries(settings)) {
+  // (A plain object: what a class or a prototype would hold, Object.entries would not see.)
+  if (settings === null || typeof settings !== 'object' || ![Object.prototype, null].includes(Object.getPrototypeOf(settings))) invalid('settings that are not a plain object of names and values')
+  const entries = Object.entries(settings)
+  for (const [name, raw] of entries) {
     if (!SETTING.test(name)) invalid(`a setting name \`${name.slice(0, 64)}\` that is not a setting's name (such as app.tenant_id)`)
     const owned = OWNED.get(name.toLowerCase())
     if (owned !== undefined) invalid(`the setting \`${name}\`: ${owned}`)
@@ -108,7 +113,7 @@ export function identityOf (value: unknown): Identity | undefined {
     values.push(name, text)
   }
   if (values.length === 0) return undefined
-  const { text, name } = shapeOf(role !== undefined, Object.keys(settings).length)
+  const { text, name } = shapeOf(role !== undefined, entries.length)
   return { text, values, name }
 }
 
@@ -130,6 +135,8 @@ export class RequestIdentity {
   readonly #db: string
   #had: Identity | undefined | Promise<Identity | undefined>
   #failure: unknown
+  /** Its function is running (its synchronous part): a statement it sends must not go without it. */
+  #running = false
 
   constructor (resolver: PgIdentityResolver | undefined, request: FastifyRequest, db: string) {
     this.#resolver = resolver
@@ -138,14 +145,16 @@ export class RequestIdentity {
   }
 
   get (): Identity | undefined | Promise<Identity | undefined> {
+    if (this.#running) throw new PgIdentityError(REENTERED)
     const resolver = this.#resolver
     if (resolver === undefined) {
       if (this.#failure !== undefined) throw this.#failure
       return this.#had
     }
     this.#resolver = undefined
+    this.#running = true
     try {
-      const had = this.#had = resolveIdentity(resolver, this.#request, this.#db)
+      const had = this.#had = resolveIdentity(resolver, guarded(this.#request), this.#db)
       if (had instanceof Promise) {
         had.then((identity) => { this.#had = identity }, (error: unknown) => { this.#failure = error })
       }
@@ -153,8 +162,26 @@ export class RequestIdentity {
     } catch (error) {
       this.#failure = error
       throw error
+    } finally {
+      this.#running = false
     }
   }
+}
+
+const REENTERED = "request.db was used by its own identity function, whose statements would need the identity it is computing: look it up with fastify.pg.query() (it runs as the connection's user)"
+
+/**
+ * The request as its identity function sees it: `request.db` and `request.dbs` refused (their
+ * statements would wait for the identity being computed, forever), the rest the request's own
+ * (what it sets, `request.user` say, is set on the request).
+ */
+function guarded (request: FastifyRequest): FastifyRequest {
+  return new Proxy(request, {
+    get (target, key) {
+      if (key === 'db' || key === 'dbs') throw new PgIdentityError(REENTERED)
+      return Reflect.get(target, key, target)
+    }
+  })
 }
 
 /**

@@ -122,6 +122,21 @@ export function forgetStatements (client: Client, names: string[]): void {
   }
 }
 
+/**
+ * The server may have dropped these (a DEALLOCATE or DISCARD went by): PrefixedQuery closes and
+ * prepares again each of them, in front of the next statement that uses it.
+ */
+export function doubtStatements (client: Client, startingWith: string): void {
+  const { connection } = internals(client)
+  for (const known of [connection.parsedStatements, connection.submittedNamedStatements]) {
+    for (const name of Object.keys(known)) {
+      if (!name.startsWith(startingWith)) continue
+      delete connection.submittedNamedStatements[name]
+      connection.parsedStatements[name] = IN_DOUBT
+    }
+  }
+}
+
 /** Statements handed to pg wait behind the one running (not yet written). */
 export function waiting (client: Client): boolean {
   return internals(client)._queryQueue.length > 0

@@ -72,6 +72,15 @@ export class Statements {
     return names
   }
 
+  /**
+   * A DEALLOCATE or DISCARD went by, which may or may not have dropped them: every one is closed
+   * with the next statement (no error if gone), and prepared again under a new name when used.
+   */
+  doubt (): void {
+    this.#closing.push(...this.#names.values())
+    this.#names.clear()
+  }
+
   /** After DISCARD ALL: the server has none of them any more. */
   clear (): void {
     this.#names.clear()
@@ -83,16 +92,16 @@ const NONE: readonly string[] = []
 
 /**
  * The text to prepare `statement` under, when the plugin prepares it: a statement with
- * parameters (given beside it, `values`, or in its config), not named, not a cursor or stream,
- * not `prepare: false` nor `queryMode: 'simple'`.
+ * parameters (given beside it, `values`, or in its config; `any`: with or without), not named,
+ * not a cursor or stream, not `prepare: false` nor `queryMode: 'simple'`.
  */
-export function preparable (statement: unknown, values: unknown): string | undefined {
-  if (typeof statement === 'string') return Array.isArray(values) && values.length > 0 ? statement : undefined
+export function preparable (statement: unknown, values: unknown, any = false): string | undefined {
+  if (typeof statement === 'string') return any || (Array.isArray(values) && values.length > 0) ? statement : undefined
   if (statement === null || typeof statement !== 'object') return undefined
   const config = statement as { text?: unknown, name?: unknown, values?: unknown, submit?: unknown, prepare?: unknown, queryMode?: unknown }
   if (typeof config.text !== 'string' || config.name != null || typeof config.submit === 'function' || config.prepare === false || config.queryMode === 'simple') return undefined
   const given = values ?? config.values
-  return Array.isArray(given) && given.length > 0 ? config.text : undefined
+  return any || (Array.isArray(given) && given.length > 0) ? config.text : undefined
 }
 
 /** `statement` to run by `name`: a copy (pg writes the values it is given into the config). */

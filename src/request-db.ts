@@ -360,14 +360,17 @@ export class RequestHandle implements Runner {
         const checkout = this.#checkout(options)
         // An idle connection, handed out at once: the statement goes out now.
         if (!(checkout instanceof Promise)) return this.#move('held', checkout)
-        this.#state = { kind: 'acquiring', checkout, abandon }
+        const state = this.#state = { kind: 'acquiring', checkout, abandon }
         checkout.then(
           // The pool checks the abort signal last thing before it resolves, and the request
-          // can only end in a later event: the state is still 'acquiring' here.
+          // can only end in a later event: the state is still this one here.
           (got) => this.#move('held', got),
           (error: unknown) => {
+            // (Superseded: a checkout begun inside the identity function, see identity.ts. What
+            // it would have failed waits for the checkout that replaced it.)
+            if (this.#state !== state) return
             this.#fail(error)
-            if (this.#state.kind === 'acquiring') this.#move(this.ended ? 'released' : 'unused')
+            this.#move(this.ended ? 'released' : 'unused')
           }
         )
         break

@@ -25,28 +25,43 @@ const MAY_MATTER = /\b(?:begin|start|commit|end|rollback|abort|savepoint|release
  * transaction control and what must be a transaction's first statement (`control`: a set_config
  * in front of BEGIN ISOLATION LEVEL or SET TRANSACTION breaks them), and what PostgreSQL refuses
  * inside a transaction block (`blockless`): VACUUM, DISCARD ALL, CLUSTER of every table,
- * CONCURRENTLY index builds and drops, CREATE/DROP DATABASE, TABLESPACE or SUBSCRIPTION, ALTER
- * SYSTEM. (The statement timeout bounds those from the client side only: see `Clock.bound`.) Read
- * from the first tokens, so comments cannot hide it.
+ * CONCURRENTLY index builds and drops, REINDEX of a schema, a database or the system (or
+ * CONCURRENTLY), DETACH PARTITION CONCURRENTLY, CREATE/DROP DATABASE, TABLESPACE or SUBSCRIPTION,
+ * ALTER DATABASE SET TABLESPACE, ALTER SYSTEM. (The statement timeout bounds those from the client
+ * side only: see `Clock.bound`.) Read from tokens, so comments cannot hide it.
  */
 export function standsAlone (statement: unknown): 'control' | 'blockless' | undefined {
   const text = textOf(statement)
   if (text === undefined || !MAY_MATTER.test(text)) return undefined
   // (a word in a comment, no token at all: no test below holds)
-  const tokens = lex(text, 5)
-  const [first = '', second = ''] = tokens
+  const [first = '', second = ''] = lex(text, 2)
   if (CONTROL_WORDS.has(first)) return 'control'
   if (second === 'transaction' && (first === 'start' || first === 'prepare' || first === 'set')) return 'control'
-  return BLOCKLESS_WORDS.has(first) && blockless(first, second, tokens) ? 'blockless' : undefined
+  // (DDL and maintenance: read whole, the words that decide may come late.)
+  return BLOCKLESS_WORDS.has(first) && blockless(lex(text)) ? 'blockless' : undefined
 }
 
-function blockless (first: string, second: string, tokens: string[]): boolean {
+/** Does PostgreSQL refuse this statement (its tokens) inside a transaction block? */
+function blockless (tokens: string[]): boolean {
+  const end = tokens.indexOf(';')
+  const statement = end === -1 ? tokens : tokens.slice(0, end)
+  const [first] = statement
+  // After the first word, a parenthesised option list (VACUUM (...), CLUSTER (VERBOSE), REINDEX (...)).
+  let i = 1
+  if (statement[i] === '(') i = statement.indexOf(')', i) + 1 || statement.length
+  const next = statement[i] ?? ''
   switch (first) {
-    case 'vacuum': case 'discard': return true
-    case 'cluster': return second === '' || second === ';' || second === 'verbose'
-    case 'alter': return second === 'system' || second === 'subscription'
-    // reindex ... concurrently; create [unique] index concurrently; drop index concurrently; create/drop database ...
-    default: return ['database', 'tablespace', 'subscription'].includes(second) || tokens.includes('concurrently')
+    case 'vacuum': return true
+    case 'discard': return next === 'all'
+    // Without a table (CLUSTER [VERBOSE]): every table.
+    case 'cluster': return statement.length === i || (next === 'verbose' && statement.length === i + 1)
+    case 'reindex': return ['system', 'database', 'schema'].includes(next) || statement.includes('concurrently')
+    case 'alter':
+      if (next === 'database') return statement.some((token, j) => token === 'set' && statement[j + 1] === 'tablespace')
+      // ... DETACH PARTITION ... CONCURRENTLY
+      return next === 'system' || next === 'subscription' || statement.includes('concurrently')
+    // create, drop: [UNIQUE] INDEX CONCURRENTLY, DATABASE, TABLESPACE, SUBSCRIPTION
+    default: return ['database', 'tablespace', 'subscription'].includes(next) || statement.includes('concurrently')
   }
 }
 
@@ -147,10 +162,22 @@ export class Wire {
    * before it, inside a transaction; outside one that would not hold, and it is refused (thrown).
    */
   carry (conn: Conn, statement: unknown, values: unknown, carry: Carry, callback: Callback, prefix: Prefix[] = []): void {
+    if (dropsPrepared(statement)) {
+      // Once it ran (or failed), whether the server still has what the plugin prepared is not known.
+      const told = callback
+      callback = (error, result, passed) => {
+        conn.preparedInDoubt()
+        told(error, result, passed)
+      }
+    }
     const { identity } = carry
     const takes = identity === undefined ? 'none' : takesIdentity(statement)
-    if (takes === 'front') prefix.push(this.#sendable(identity as Identity))
-    else if (takes !== 'none') {
+    if (takes === 'front') {
+      prefix.push(this.#sendable(identity as Identity))
+      // It goes the extended way anyway: prepared even without parameters (a query RLS filters
+      // often has none), so it is not parsed and planned on every run.
+      return this.call(conn, statement, values, callback, carry.prepare && 'all', prefix)
+    } else if (takes !== 'none') {
       // (The identity's own failure is what the statement after it fails for.)
       let failed: Error | null = null
       this.lead(conn, statement, identity as Identity, takes, (error) => { failed = error })
@@ -172,11 +199,7 @@ export class Wire {
       // A failure aborts the transaction: the statement after it fails too.
       return this.call(conn, identity.text, identity.values, heard, false)
     }
-    throw new PgIdentityUnsupportedError(takes === 'blockless'
-      ? "A statement PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...) cannot carry the request's identity"
-      : takes === 'several'
-        ? "A string of several statements cannot carry the request's identity (only the simple protocol runs it, and a COMMIT in it would end the identity): send them one by one"
-        : "A cursor, stream, COPY or `queryMode: 'simple'` statement carries the request's identity only inside a transaction: run it in request.db.transaction() or a route transaction")
+    throw new PgIdentityUnsupportedError(unsupported(takes, busy(client)))
   }
 
   /** The identity as sent here: prepared under its name where statements are prepared. */
@@ -191,14 +214,14 @@ export class Wire {
 
   /**
    * Hands an admitted statement to pg (`prefix`: statements sent in front of it, see
-   * PrefixedQuery), prepared when `prepare` says so and it has parameters. One the server refuses
+   * PrefixedQuery), prepared when `prepare` says so and it has parameters (`'all'`: even without). One the server refuses
    * by name because it dropped it or its plan went stale never ran: it is prepared again and sent
    * once more, when nothing else can have run in between (no transaction open or begun with it,
    * nothing queued ahead of it or behind it).
    */
-  call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean, prefix: readonly Prefix[] = []): void {
+  call (conn: Conn, statement: unknown, values: unknown, callback: Callback, prepare: boolean | 'all', prefix: readonly Prefix[] = []): void {
     const { client } = conn
-    const text = prepare && !this.#opts.pgbouncer ? preparable(statement, values) : undefined
+    const text = prepare !== false && !this.#opts.pgbouncer ? preparable(statement, values, prepare === 'all') : undefined
     if (text === undefined) return submit(client, prefix, statement, values, callback)
     const statements = conn.statements ??= new Statements(this.#opts.statementCacheSize)
     const alone = !busy(client) && client.getTransactionStatus() === 'I' && !prefix.some(opens)
@@ -223,8 +246,29 @@ function submit (client: Conn['client'], prefix: readonly Prefix[], statement: u
   client.query(query as never)
 }
 
+/** Why a statement that cannot have the identity in front of it cannot be sent. */
+function unsupported (takes: Takes, running: boolean): string {
+  switch (takes) {
+    case 'blockless': return "A statement PostgreSQL refuses inside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...) cannot carry the request's identity"
+    case 'several': return "A string of several statements cannot carry the request's identity (only the simple protocol runs it, and a COMMIT in it would end the identity): send them one by one"
+    default: return running
+      ? "A cursor, stream, COPY or `queryMode: 'simple'` statement carries the request's identity only once nothing else runs on the connection (the transaction it will meet is not known yet): await the statements before it"
+      : "A cursor, stream, COPY or `queryMode: 'simple'` statement carries the request's identity only inside a transaction: run it in request.db.transaction() or a route transaction"
+  }
+}
+
 /** A statement in front that begins a transaction: what follows fails inside it. */
 const opens = (statement: Prefix): boolean => typeof statement === 'string' && statement.startsWith('begin')
+
+const DROPS = /\b(?:deallocate|discard)\b/i
+
+/** A DEALLOCATE (of any name, or all) or DISCARD ALL: the plugin's prepared statements may be gone. */
+function dropsPrepared (statement: unknown): boolean {
+  const text = textOf(statement)
+  if (text === undefined || !DROPS.test(text)) return false
+  const [first, second] = lex(text, 2)
+  return first === 'deallocate' || (first === 'discard' && second === 'all')
+}
 
 /** What travels with a holder's statements. */
 export interface Carry {
@@ -247,9 +291,10 @@ type Takes = 'none' | 'front' | 'alone' | 'several' | 'blockless'
 
 export function takesIdentity (statement: unknown): Takes {
   const config = statement as { submit?: unknown, queryMode?: unknown } | null
-  if (typeof config?.submit === 'function') return 'alone'
+  // (A cursor's or a COPY's text too: pg.Query and pg-copy-streams send theirs in the simple protocol.)
   const text = textOf(statement)
   if (text !== undefined && several(text)) return 'several'
+  if (typeof config?.submit === 'function') return 'alone'
   const alone = standsAlone(statement)
   if (alone === 'control') return 'none'
   if (alone === 'blockless') return 'blockless'

@@ -9,7 +9,7 @@
  * table, calls set_config or takes an advisory lock, is what `sessionReset: 'always'` is for.
  */
 
-import { lex, textOf } from './sql.js'
+import { eitherReading, textOf } from './sql.js'
 
 // Every statement the checks below flag matches this: one of the statements that change the
 // session by what they are, at the start of the text or after a `;` or a comment; or one of the
@@ -34,7 +34,7 @@ const DO_BODY = /\b(?:set|reset|listen|unlisten|prepare|deallocate|load|discard|
 export function changesSession (statement: unknown): boolean {
   // (Most statements are plain strings: no call to find their text.)
   const text = typeof statement === 'string' ? statement : textOf(statement)
-  return text !== undefined && CANDIDATE.test(text) && changes(lex(text))
+  return text !== undefined && CANDIDATE.test(text) && eitherReading(text, changes)
 }
 
 function changes (tokens: string[]): boolean {

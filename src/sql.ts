@@ -29,9 +29,10 @@ const COMMENT_EDGE = /\/\*|\*\/|$/g
  * identifier as `"` and its name; a string literal (plain, E'', dollar-quoted) as `'` and its raw
  * text; any other character on its own. White space and comments (nested ones too) are dropped.
  * Something unterminated runs to the end of the text (the server refuses such a text anyway).
- * `max`: stop after that many tokens.
+ * `max`: stop after that many tokens. `escapes`: read every string literal as E'' (a backslash
+ * escapes), as the server does with `standard_conforming_strings` off.
  */
-export function lex (text: string, max = Infinity): string[] {
+export function lex (text: string, max = Infinity, escapes = false): string[] {
   const tokens: string[] = []
   const n = text.length
   let i = 0
@@ -60,6 +61,11 @@ export function lex (text: string, max = Infinity): string[] {
       COMMENT_EDGE.lastIndex = i + 2
       for (let depth = 1; depth > 0;) depth += COMMENT_EDGE.exec(text)![0] === '/*' ? 1 : -1
       i = COMMENT_EDGE.lastIndex
+    } else if (c === 39 && escapes) { // '...' read as E'...'
+      E_STRING.lastIndex = i
+      E_STRING.exec(text)
+      tokens.push("'" + text.slice(i, E_STRING.lastIndex))
+      i = E_STRING.lastIndex
     } else if (c === 39 || c === 34) { // '...' or "...", the quote doubled inside
       let j = i
       do j = (text.indexOf(text[i]!, j + 1) >>> 0) + 1
@@ -88,8 +94,19 @@ export function lex (text: string, max = Infinity): string[] {
  * prepared statement"). Most texts have no `;` and are not split into tokens.
  */
 export function several (text: string): boolean {
-  if (!text.includes(';')) return false
-  const tokens = lex(text)
+  return text.includes(';') && eitherReading(text, more)
+}
+
+/** A statement after the first `;`. */
+function more (tokens: string[]): boolean {
   const end = tokens.indexOf(';')
   return end !== -1 && tokens.slice(end + 1).some((token) => token !== ';')
+}
+
+/**
+ * `test` holds for the text read as the server reads it: with a backslash in the text, read both
+ * ways (standard_conforming_strings may be off, and a session can turn it off), either counts.
+ */
+export function eitherReading (text: string, test: (tokens: string[]) => boolean): boolean {
+  return test(lex(text)) || (text.includes('\\') && test(lex(text, Infinity, true)))
 }

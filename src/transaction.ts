@@ -100,7 +100,14 @@ function controlAt (tokens: string[], i: number): Control | undefined {
  */
 export function controlOf (text: string): Control | undefined {
   if (!MAY_CONTROL.test(text)) return undefined
-  const tokens = lex(text)
+  const found = controlIn(lex(text))
+  // (Read the other way too, as a server with standard_conforming_strings off reads it: control
+  // a backslash hid in a string is refused all the same.)
+  if (found !== 'refuse' && text.includes('\\') && controlIn(lex(text, Infinity, true)) === 'refuse') return 'refuse'
+  return found
+}
+
+function controlIn (tokens: string[]): Control | undefined {
   let found: Control | undefined
   let statements = 0
   for (let i = 0; i < tokens.length; i++) {

@@ -135,8 +135,12 @@ t.test('what cannot carry the identity is refused, unsent', async (t) => {
     'several statements in a transaction': async (req) => await req.db.transaction(async (tx) => await tx.query("insert into notes (tenant_id, body) values (1, 'unsent'); select 1")),
     'several statements on a client': async (req) => await (await req.db.connection()).query("insert into notes (tenant_id, body) values (1, 'unsent'); select 1"),
     "queryMode: 'simple' outside a transaction": async (req) => await req.db.query({ text: "insert into notes (tenant_id, body) values (1, 'unsent')", queryMode: 'simple' } as never),
-    VACUUM: async (req) => await req.db.query('vacuum notes')
+    VACUUM: async (req) => await req.db.query('vacuum notes'),
+    'CLUSTER of every table': async (req) => await req.db.query('cluster (verbose)'),
+    'REINDEX SYSTEM': async (req) => await req.db.query('reindex (verbose) system'),
+    'DETACH PARTITION CONCURRENTLY': async (req) => await req.db.query('alter table parted detach partition parted_1 concurrently')
   }
+  app.get('/discard-temp', async (req) => (await req.db.query('discard temp')).command)
   // Transaction control runs without it (nothing reads data in it); SET TRANSACTION must come first.
   app.get('/control', async (req) => {
     const client = await req.db.connection()
@@ -154,6 +158,8 @@ t.test('what cannot carry the identity is refused, unsent', async (t) => {
   t.same((await db.admin("select * from notes where body = 'unsent'")).rows, [], 'nothing ran')
   const control = await app.inject({ url: '/control', headers: header(5) })
   t.same(control.json(), [asked(5), { transaction_isolation: 'read committed' }])
+  // What PostgreSQL runs inside a transaction block is sent with the identity in front.
+  t.equal((await app.inject({ url: '/discard-temp', headers: header(5) })).body, 'DISCARD')
 })
 
 t.test('the identity function', async (t) => {
@@ -241,7 +247,9 @@ t.test('the identity function', async (t) => {
       ['a null value', { settings: { 'app.tenant_id': null } }],
       ['NaN', { settings: { 'app.tenant_id': Number.NaN } }],
       ['an object value', { settings: { 'app.tenant_id': { id: 1 } } }],
-      ['a value with a NUL', { settings: { 'app.tenant_id': '1\0' } }]
+      ['a value with a NUL', { settings: { 'app.tenant_id': '1\0' } }],
+      ['settings held by a prototype', { settings: Object.create({ 'app.tenant_id': '1' }) }],
+      ['settings of a class', { settings: new (class { get 'app.tenant_id' (): string { return '1' } })() }]
     ]
     const app = await buildApp(t, db, { connectionString: tn.url, identity: (req) => returned[Number(req.headers['x-case'])]![1] as PgIdentity })
     app.get('/', async (req) => (await req.db.query(WHO)).rows[0])
@@ -310,6 +318,47 @@ t.test('several databases: each its own identity, a route\'s for all, told which
   t.same((await app.inject({ url: '/', headers: header(2) })).json(), [asked(2), asked(5)])
   t.same((await app.inject({ url: '/route', headers: header(1) })).json(), [asked(1), asked(1)])
   t.same(calls, ['default', 'replica'])
+})
+
+t.test('the identity prepared once per connection, and prepared again after the handler drops it', async (t) => {
+  const app = await buildApp(t, db, { connectionString: tn.url, max: 1, identity: tn.fromHeader })
+  app.get('/', async (req) => {
+    const before = (await req.db.query(WHO)).rows[0]
+    await req.db.query('deallocate all')
+    const after = (await req.db.query(WHO_P, [0])).rows[0]
+    const inTransaction = await req.db.transaction(async (tx) => {
+      await tx.query('deallocate all')
+      return (await tx.query(WHO)).rows[0]
+    })
+    return [before, after, inTransaction, (await req.db.query("select count(*)::int as n from pg_prepared_statements where name like 'fpp_identity_%'")).rows[0].n]
+  })
+  t.same((await app.inject({ url: '/', headers: header(3) })).json(), [asked(3), asked(3), asked(3), 1])
+  t.same((await app.inject({ url: '/', headers: header(4) })).json(), [asked(4), asked(4), asked(4), 1], 'and on the next request')
+})
+
+t.test('settings only, no role; a setting picks the schema (a schema per tenant)', async (t) => {
+  await db.admin(`create schema if not exists t1; create schema if not exists t2;
+    create table if not exists t1.items (name text); create table if not exists t2.items (name text);
+    truncate t1.items, t2.items; insert into t1.items values ('one'); insert into t2.items values ('two');
+    grant usage on schema t1, t2 to ${tn.login}; grant select on t1.items, t2.items to ${tn.login}`)
+  const app = await buildApp(t, db, { connectionString: tn.url, max: 1, identity: (req) => ({ settings: { search_path: `t${String(req.headers['x-tenant'])}` } }) })
+  app.get('/', async (req) => [(await req.db.query('select name, current_user as user from items')).rows[0], (await req.db.query('select name from items where $1::int = 1', [1])).rows[0]])
+  for (const tenant of [1, 2, 1, 2]) {
+    const name = tenant === 1 ? 'one' : 'two'
+    t.same((await app.inject({ url: '/', headers: header(tenant) })).json(), [{ name, user: tn.login }, { name }], `tenant ${tenant}: its schema, prepared statements too`)
+  }
+})
+
+t.test('settings read once: an object whose keys change between reads cannot split names from values', async (t) => {
+  let reads = 0
+  const shifting = new Proxy({}, {
+    ownKeys: () => ++reads === 1 ? ['app.tenant_id'] : ['app.tenant_id', 'app.other'],
+    getOwnPropertyDescriptor: () => ({ value: '2', enumerable: true, configurable: true }),
+    get: () => '2'
+  })
+  const app = await buildApp(t, db, { connectionString: tn.url, identity: () => ({ role: tn.role, settings: shifting as Record<string, string> }) })
+  app.get('/', async (req) => (await req.db.query(WHO)).rows[0])
+  t.same((await app.inject('/')).json(), asked(2))
 })
 
 declare module '../src/index.js' {

@@ -24,6 +24,8 @@ async function preparedOn (query: (sql: string) => Promise<QueryResult<any>>): P
   return rows
 }
 
+/** A DEALLOCATE the plugin cannot see: behind another statement in the same string. */
+const UNSEEN_DEALLOCATE = 'select 1; deallocate all'
 const BY_ID = 'select $1::int + 1 as n'
 
 /** An app with max 1 (every request on the same connection), and a route listing what is prepared. */
@@ -131,17 +133,35 @@ t.test('a statement whose Parse failed (never prepared) is evicted without harm 
   t.same(((await app.inject('/prepared')).json() as Prepared[]).map((p) => p.statement), ['select $1::int as n'])
 })
 
+t.test('a DEALLOCATE ALL the plugin sees: every statement it prepared is prepared again, none fails', async (t) => {
+  const app = await oneConnection(t)
+  app.get('/seen', async (req) => {
+    await req.db.query(BY_ID, [1])
+    await req.db.query('deallocate all')
+    const again = (await req.db.query(BY_ID, [2])).rows[0]
+    const inTransaction = await req.db.transaction(async (tx) => {
+      await tx.query('/* the handler */ DEALLOCATE ALL')
+      return (await tx.query(BY_ID, [3])).rows[0]
+    })
+    const client = await req.db.connection()
+    await client.query('deallocate all')
+    const queued = await Promise.all([client.query(BY_ID, [4]), client.query(BY_ID, [5])])
+    return [again, inTransaction, ...queued.map((r) => r.rows[0])]
+  })
+  t.same((await app.inject('/seen')).json(), [{ n: 3 }, { n: 4 }, { n: 5 }, { n: 6 }])
+})
+
 t.test('dropped by the server (26000) outside a transaction: prepared again and run once, transparently', async (t) => {
   const app = await oneConnection(t)
   app.get('/dropped', async (req) => {
     const first = (await req.db.query(BY_ID, [1])).rows[0]
-    await req.db.query('deallocate all')
+    await req.db.query(UNSEEN_DEALLOCATE)
     const again = (await req.db.query(BY_ID, [2])).rows[0]
     // Through a connection() client, in both forms.
     const client = await req.db.connection()
-    await client.query('deallocate all')
+    await client.query(UNSEEN_DEALLOCATE)
     const viaClient = (await client.query(BY_ID, [3])).rows[0]
-    await client.query('deallocate all')
+    await client.query(UNSEEN_DEALLOCATE)
     const viaCallback = await new Promise((resolve, reject) => client.query(BY_ID, [4], (e, r) => e ? reject(e) : resolve(r.rows[0])))
     return [first, again, viaClient, viaCallback]
   })
@@ -153,7 +173,7 @@ t.test('dropped by the server, with a statement queued behind it on a connection
   app.get('/queued', async (req) => {
     const client = await req.db.connection()
     await client.query(BY_ID, [1])
-    await client.query('deallocate all')
+    await client.query(UNSEEN_DEALLOCATE)
     const both = await Promise.allSettled([client.query(BY_ID, [2]), client.query(BY_ID, [3])])
     const after = (await client.query(BY_ID, [4])).rows[0]
     return { codes: both.map((r) => r.status === 'rejected' ? (r.reason as { code?: string }).code : 'ran'), after }
@@ -167,7 +187,7 @@ t.test('dropped by the server inside a transaction: the error is the server’s 
   app.get('/in-tx', async (req) => {
     await req.db.query(BY_ID, [1])
     const error = await req.db.transaction(async (tx) => {
-      await tx.query('deallocate all')
+      await tx.query(UNSEEN_DEALLOCATE)
       await tx.query(BY_ID, [2])
     }).catch((e: unknown) => e)
     const after = (await req.db.query(BY_ID, [3])).rows[0]
