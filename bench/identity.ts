@@ -10,6 +10,11 @@
  *   (d) by hand, PostgREST's way: the route in one transaction, `set_config(..., true)` first
  *   (e) the role and one tenant fixed for the connection's life (`options: -c role=...`): what
  *       the policy itself costs, without any per-request identity (not a way to serve many tenants)
+ *   (f) the best a session-level identity could do, by hand on pg's Pool: `set_config(..., false)`
+ *       in front of the request's first statement (same round trip), a targeted `RESET` before
+ *       the connection goes back (a round trip of its own); no PgBouncer, and a failed first
+ *       statement or a rolled-back transaction would undo it: not safe as it stands, measured for
+ *       the decision only
  * Workloads: `select 1`; a realistic read (a page of a tenant's newest notes, 20 of 100 000, 100
  * tenants, an index on (tenant_id, id), RLS on; one parameter, so prepared in every contender);
  * that read three times per request.
@@ -21,6 +26,7 @@ import type { ClientBase } from 'pg'
 import pg from 'pg'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { Arena, fixed, pairedMedian, table, DURATION, ROUNDS, pgPool } from './lib.js'
+import { PrefixedQuery, type Prefix } from '../src/pg-internals.js'
 
 const MAX = 10
 const CONNECTIONS = 20
@@ -89,6 +95,14 @@ function counter (): { onConnect: (client: ClientBase) => void, count: (app: Fas
 }
 
 const SET_SESSION = "select set_config('role', 'bench_tenant', false), set_config('app.tenant_id', $1, false)"
+const RESET = 'reset role; reset app.tenant_id'
+
+/** Runs `text` on `client` with `prefix` in front of it, in one round trip. */
+function prefixed (client: pg.PoolClient, prefix: Prefix[], text: string, values: unknown[]): Promise<pg.QueryResult> {
+  return new Promise((resolve, reject) => {
+    client.query(new PrefixedQuery(prefix, { text, values, name: `bench_${text.length}` }, undefined, (error, result) => error ? reject(error) : resolve(result)) as never)
+  })
+}
 const SET_LOCAL = "select set_config('role', 'bench_tenant', true), set_config('app.tenant_id', $1, true)"
 
 export async function identity (connectionString: string): Promise<string> {
@@ -142,11 +156,40 @@ export async function identity (connectionString: string): Promise<string> {
       e.count(app)
       app.get('/', async (req) => await run(req, undefined))
     })
+    const session = arena.pool(MAX, { connectionString: login.toString() })
+    let fTrips = 0
+    let fRequests = 0
+    session.on('connect', (client) => { (client as unknown as { connection: { on (event: string, fn: () => void): void } }).connection.on('readyForQuery', () => { fTrips++ }) })
+    await arena.add('(f) by hand: session-level set with the first statement, targeted RESET on return', async (app) => {
+      app.get('/', async (req) => {
+        const client = await session.connect()
+        try {
+          const set = { text: SET_SESSION, values: [String(tenantOf())], name: 'bench_set' }
+          const fake = {
+            db: {
+              query: async (text: string, values: unknown[] = []) => {
+                if (set.values.length === 0) return await client.query({ text, values, name: `bench_${text.length}` })
+                const first = prefixed(client, [set], text, values)
+                set.values = []
+                return await first
+              }
+            }
+          } as unknown as FastifyRequest
+          const rows = await run(fake, undefined)
+          await client.query(RESET)
+          return rows
+        } finally {
+          client.release()
+          fRequests++
+        }
+      })
+    })
     const results = await arena.run(CONNECTIONS)
     const base = results.get(arena.contenders[0]!.name)!
+    const tripsOf = (name: string, i: number): number => name.startsWith('(f)') ? fTrips / fRequests : counters[i]!.perRequest()
     const rows = arena.contenders.map(({ name }, i) => {
       const r = results.get(name)!
-      return [name, fixed(r.rps), fixed(r.rps / base.rps, 3), fixed(counters[i]!.perRequest(), 2), fixed(r.cpuUs, 1), fixed(r.dbCpuUs, 1), r.p50, r.p99]
+      return [name, fixed(r.rps), fixed(r.rps / base.rps, 3), fixed(tripsOf(name, i), 2), fixed(r.cpuUs, 1), fixed(r.dbCpuUs, 1), r.p50, r.p99]
     })
     out.push(`#### ${label}\n\n` + table(
       ['contender', 'req/s', 'ratio to (a)', 'round trips per request', 'app CPU per request (µs)', 'PostgreSQL CPU per request (µs)', 'p50 (ms)', 'p99 (ms)'],

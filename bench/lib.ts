@@ -45,7 +45,9 @@ export interface Measured {
 
 /**
  * CPU time so far of every PostgreSQL process on this machine (µs), read from /proc: the server's
- * side of a request. NaN where there is no /proc, or no local server (DATABASE_URL elsewhere).
+ * side of a request. A backend that exited counts too, in its postmaster's children's time
+ * (cutime, cstime), so the sum never goes back. NaN where there is no /proc, or no local server
+ * (DATABASE_URL elsewhere).
  */
 export function postgresCpuUs (): number {
   let ticks = 0
@@ -62,7 +64,7 @@ export function postgresCpuUs (): number {
       const close = stat.lastIndexOf(')')
       if (stat.slice(stat.indexOf('(') + 1, close) !== 'postgres') continue
       const fields = stat.slice(close + 2).split(' ')
-      ticks += Number(fields[11]) + Number(fields[12]) // utime, stime
+      ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]) // utime, stime, cutime, cstime
       found = true
     }
   } catch {

@@ -292,7 +292,7 @@ export class RequestHandle implements Runner {
       // (No statement timeout travels with these: see the README's statementTimeoutMs.)
       (statement, values, callback) => {
         try {
-          this.#pool.wire.carry(conn, statement, values, { ...this.#carry, clock: undefined }, callback)
+          this.#pool.wire.deliver(conn, statement, values, { ...this.#carry, clock: undefined }, callback)
         } catch (error) {
           process.nextTick(callback, error)
         }

@@ -153,7 +153,7 @@ export class Wire {
     const prefix: Prefix[] = ms === undefined ? [] : [`select set_config('statement_timeout', '${ms}', true)`]
     if (begin !== undefined) prefix.unshift(begin)
     // (With a clock, each statement carries its own bound; else pg's client-wide one applies.)
-    this.carry(conn, clock === undefined ? admitted : bounded(admitted, clock.bound), values, carry, callback, prefix)
+    this.deliver(conn, clock === undefined ? admitted : bounded(admitted, clock.bound), values, carry, callback, prefix)
   }
 
   /**
@@ -161,7 +161,7 @@ export class Wire {
    * `prefix`. A statement that cannot have it in front (simple protocol only) gets it sent just
    * before it, inside a transaction; outside one that would not hold, and it is refused (thrown).
    */
-  carry (conn: Conn, statement: unknown, values: unknown, carry: Carry, callback: Callback, prefix: Prefix[] = []): void {
+  deliver (conn: Conn, statement: unknown, values: unknown, carry: Carry, callback: Callback, prefix: Prefix[] = []): void {
     if (dropsPrepared(statement)) {
       // Once it ran (or failed), whether the server still has what the plugin prepared is not known.
       const told = callback
@@ -187,14 +187,13 @@ export class Wire {
   }
 
   /**
-   * Sends `identity` on its own, just before `statement`, if it cannot have it in front (`takes`:
-   * why): only inside a transaction, which it then holds for (`heard`: its outcome). Throws,
-   * sending nothing, outside one (or when pg's status may be stale: something is still running),
-   * and for what cannot carry it at all.
+   * Sends `identity` on its own, just before `statement`, which cannot have it in front (`takes`:
+   * why; a cursor, stream or COPY when not given): only inside a transaction, which it then holds
+   * for (`heard`: its outcome). Throws, sending nothing, outside one (or when pg's status may be
+   * stale: something is still running), and for what cannot carry it at all.
    */
-  lead (conn: Conn, statement: unknown, identity: Identity, takes = takesIdentity(statement), heard: (error: Error | null) => void = noop): void {
+  lead (conn: Conn, statement: unknown, identity: Identity, takes = takesIdentity(statement) as Exclude<Takes, 'none' | 'front'>, heard: (error: Error | null) => void = noop): void {
     const { client } = conn
-    if (takes === 'none' || takes === 'front') return
     if (takes === 'alone' && !busy(client) && client.getTransactionStatus() === 'T') {
       // A failure aborts the transaction: the statement after it fails too.
       return this.call(conn, identity.text, identity.values, heard, false)
@@ -214,8 +213,8 @@ export class Wire {
 
   /**
    * Hands an admitted statement to pg (`prefix`: statements sent in front of it, see
-   * PrefixedQuery), prepared when `prepare` says so and it has parameters (`'all'`: even without). One the server refuses
-   * by name because it dropped it or its plan went stale never ran: it is prepared again and sent
+   * PrefixedQuery), prepared when `prepare` says so and it has parameters (`'all'`: even without).
+   * One the server refuses by name because it dropped it or its plan went stale never ran: it is prepared again and sent
    * once more, when nothing else can have run in between (no transaction open or begun with it,
    * nothing queued ahead of it or behind it).
    */

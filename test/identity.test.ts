@@ -216,6 +216,10 @@ t.test('the identity function', async (t) => {
     })
     app.get('/async', { config: { pgPool: { identity: async () => { throw new Error('the token store is down') } } } }, async (req) => (await req.db.connection()).query(WHO))
     app.get('/bad', { config: { pgPool: { identity: () => ({ role: 'none' }) } } }, async (req) => await req.db.transaction(async (tx) => await tx.query(WHO)))
+    // Not an HTTP status, or not an error: wrapped.
+    app.get('/302', { config: { pgPool: { identity: () => { throw Object.assign(new Error('moved'), { statusCode: 302 }) } } } }, async (req) => await req.db.query(WHO))
+    const notAnError: unknown = 'no'
+    app.get('/string', { config: { pgPool: { identity: () => { throw notAnError } } } }, async (req) => await req.db.query(WHO))
     const res = await app.inject('/401')
     t.equal(res.statusCode, 401)
     t.equal(res.json().code, 'E_AUTH')
@@ -224,6 +228,8 @@ t.test('the identity function', async (t) => {
     t.equal(down.statusCode, 500)
     t.equal(down.json().code, 'FST_PG_IDENTITY')
     t.equal((await app.inject('/bad')).json().code, 'FST_PG_IDENTITY')
+    t.equal((await app.inject('/302')).json().code, 'FST_PG_IDENTITY')
+    t.equal((await app.inject('/string')).json().code, 'FST_PG_IDENTITY')
     t.equal(app.pg.stats().total, 0, 'no connection was ever opened')
   })
 
@@ -278,6 +284,31 @@ t.test('the identity function', async (t) => {
     const app = await buildApp(t, db, { connectionString: tn.url })
     t.throws(() => app.get('/', { config: { pgPool: { identity: { role: 'x' } as never } } }, async () => 'x'), { code: 'FST_PG_INVALID_OPTION' })
   })
+})
+
+t.test('what has the identity sent just before it: after a route BEGIN, its failure reported, never while something runs', async (t) => {
+  const app = await buildApp(t, db, { connectionString: tn.url, max: 1, identity: tn.fromHeader })
+  // A route transaction whose first statement cannot take it in front: the BEGIN goes alone, then the identity.
+  app.get('/first-simple', { config: { pgPool: { transaction: true } } }, async (req) => (await req.db.query({ text: WHO, queryMode: 'simple' } as unknown as QueryConfig)).rows[0])
+  // The identity sent alone fails (no such role): the statement reports that, not the aborted transaction.
+  app.get('/no-role', { config: { pgPool: { identity: () => ({ role: 'no_such_role', settings: { 'app.tenant_id': '1' } }) } } }, async (req) =>
+    await req.db.transaction(async (tx) => await tx.query({ text: WHO, queryMode: 'simple' } as unknown as QueryConfig)).catch(code))
+  // A cursor while a statement still runs on the client: the transaction it will meet is not known.
+  app.get('/busy', async (req) => await req.db.transaction(async (tx) => {
+    const client = await tx.connection()
+    const running = client.query('select pg_sleep(0.05)')
+    try {
+      client.query(new Cursor(WHO))
+      return 'sent'
+    } catch (error) {
+      return [code(error), (error as Error).message.includes('await')]
+    } finally {
+      await running
+    }
+  }))
+  t.same((await app.inject({ url: '/first-simple', headers: header(2) })).json(), asked(2))
+  t.equal((await app.inject('/no-role')).body, '22023')
+  t.same((await app.inject({ url: '/busy', headers: header(2) })).json(), ['FST_PG_IDENTITY_UNSUPPORTED', true])
 })
 
 t.test('retry sends the statement again with the identity', async (t) => {
