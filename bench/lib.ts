@@ -43,15 +43,18 @@ export interface Measured {
   dbCpuUs: number
 }
 
+/** The embedded server's postmaster: its processes are the server's side of every request. */
+let postmaster: number | undefined
+
 /**
- * CPU time so far of every PostgreSQL process on this machine (µs), read from /proc: the server's
- * side of a request. A backend that exited counts too, in its postmaster's children's time
- * (cutime, cstime), so the sum never goes back. NaN where there is no /proc, or no local server
- * (DATABASE_URL elsewhere).
+ * CPU time so far of the embedded PostgreSQL server (µs), read from /proc: its postmaster and its
+ * children (the backends), and the backends that exited, in the postmaster's children's time
+ * (cutime, cstime), so the sum never goes back. NaN with DATABASE_URL (a server elsewhere) or
+ * without /proc.
  */
 export function postgresCpuUs (): number {
+  if (postmaster === undefined) return Number.NaN
   let ticks = 0
-  let found = false
   try {
     for (const pid of readdirSync('/proc')) {
       if (!/^\d+$/.test(pid)) continue
@@ -61,17 +64,15 @@ export function postgresCpuUs (): number {
       } catch {
         continue // gone meanwhile
       }
-      const close = stat.lastIndexOf(')')
-      if (stat.slice(stat.indexOf('(') + 1, close) !== 'postgres') continue
-      const fields = stat.slice(close + 2).split(' ')
-      ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]) // utime, stime, cutime, cstime
-      found = true
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      if (Number(pid) === postmaster) ticks += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]) // utime, stime, cutime, cstime
+      else if (Number(fields[1]) === postmaster) ticks += Number(fields[11]) + Number(fields[12])
     }
   } catch {
     return Number.NaN
   }
   // (Linux reports clock ticks of 1/100 s.)
-  return found ? ticks * 10_000 : Number.NaN
+  return ticks * 10_000
 }
 
 /**
@@ -191,6 +192,7 @@ export async function database (): Promise<{ url: string, stop: () => Promise<vo
   if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, stop: async () => {} }
   const embedded = new EmbeddedServer()
   await embedded.start()
+  postmaster = embedded.postmasterPid()
   // (Its backends inherit the postmaster's cores.)
   if (PIN) await exec('taskset', ['-acp', OTHERS, String(embedded.postmasterPid())])
   return { url: embedded.url(), stop: () => embedded.stop() }

@@ -153,18 +153,17 @@ export class RequestIdentity {
     }
     this.#resolver = undefined
     this.#running = true
+    let had: Identity | undefined | Promise<Identity | undefined>
     try {
-      const had = this.#had = resolveIdentity(resolver, guarded(this.#request), this.#db)
-      if (had instanceof Promise) {
-        had.then((identity) => { this.#had = identity }, (error: unknown) => { this.#failure = error })
-      }
-      return had
+      had = this.#had = resolveIdentity(resolver, guarded(this.#request), this.#db)
     } catch (error) {
+      this.#running = false
       this.#failure = error
       throw error
-    } finally {
-      this.#running = false
     }
+    this.#running = false
+    if (had instanceof Promise) had.then((identity) => { this.#had = identity }, (error: unknown) => { this.#failure = error })
+    return had
   }
 }
 

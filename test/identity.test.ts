@@ -191,8 +191,10 @@ t.test('the identity function', async (t) => {
     app.get('/', { config: { pgPool: { identity: () => ({ role: tn.role, settings: { 'app.tenant_id': 2, 'app.flag': true, 'app.big': 12345678901234567890n, search_path: 'pg_catalog, public' } }) } } }, async (req) =>
       (await req.db.query("select current_user as user, current_setting('app.tenant_id') t, current_setting('app.flag') f, current_setting('app.big') b, current_setting('search_path') p, (select count(*)::int from notes) n")).rows[0])
     app.get('/role', { config: { pgPool: { identity: () => ({ role: tn.role }) } } }, async (req) => (await req.db.query(WHO)).rows[0])
+    app.get('/empty', { config: { pgPool: { identity: () => ({ settings: {} }) } } }, async (req) => (await req.db.query(WHO)).rows[0])
     t.same((await app.inject('/')).json(), { user: tn.role, t: '2', f: 'true', b: '12345678901234567890', p: 'pg_catalog, public', n: 3 })
     t.same((await app.inject('/role')).json(), { user: tn.role, tenants: [] }, 'a role without the setting sees nothing')
+    t.same((await app.inject('/empty')).json(), { user: tn.login, tenants: [] }, 'nothing to set: none')
   })
 
   t.test('a route says otherwise: its own function, or none', async (t) => {
@@ -293,6 +295,7 @@ t.test('what has the identity sent just before it: after a route BEGIN, its fail
   // The identity sent alone fails (no such role): the statement reports that, not the aborted transaction.
   app.get('/no-role', { config: { pgPool: { identity: () => ({ role: 'no_such_role', settings: { 'app.tenant_id': '1' } }) } } }, async (req) =>
     await req.db.transaction(async (tx) => await tx.query({ text: WHO, queryMode: 'simple' } as unknown as QueryConfig)).catch(code))
+  app.get('/fails-itself', async (req) => await req.db.transaction(async (tx) => await tx.query({ text: 'select 1/0', queryMode: 'simple' } as unknown as QueryConfig)).catch(code))
   // A cursor while a statement still runs on the client: the transaction it will meet is not known.
   app.get('/busy', async (req) => await req.db.transaction(async (tx) => {
     const client = await tx.connection()
@@ -308,6 +311,7 @@ t.test('what has the identity sent just before it: after a route BEGIN, its fail
   }))
   t.same((await app.inject({ url: '/first-simple', headers: header(2) })).json(), asked(2))
   t.equal((await app.inject('/no-role')).body, '22023')
+  t.equal((await app.inject({ url: '/fails-itself', headers: header(2) })).body, '22012', 'a statement that fails after it reports its own error')
   t.same((await app.inject({ url: '/busy', headers: header(2) })).json(), ['FST_PG_IDENTITY_UNSUPPORTED', true])
 })
 
