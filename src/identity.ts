@@ -114,7 +114,11 @@ export function identityOf (value: unknown): Identity | undefined {
   }
   if (values.length === 0) return undefined
   const { text, name } = shapeOf(role !== undefined, entries.length)
-  return { text, values, name }
+  // What the prepared statement must answer: each set_config returns the value it set (a custom
+  // setting's as given; PostgreSQL's own may come back reworded: any value).
+  const row: Array<string | undefined> = role === undefined ? [] : [role]
+  for (let i = row.length; i < values.length; i += 2) row.push((values[i] as string).includes('.') ? values[i + 1] : undefined)
+  return { text, values, name, answers: { row, otherwise: forged } }
 }
 
 /** What a resolver threw, as the request's statements fail with it. */
@@ -135,13 +139,21 @@ export class RequestIdentity {
   readonly #db: string
   #had: Identity | undefined | Promise<Identity | undefined>
   #failure: unknown
+  /** How long an async function may take (the checkout's own deadline, `acquireTimeoutMs`). */
+  readonly #timeoutMs: number
   /** Its function is running (its synchronous part): a statement it sends must not go without it. */
   #running = false
 
-  constructor (resolver: PgIdentityResolver | undefined, request: FastifyRequest, db: string) {
+  constructor (resolver: PgIdentityResolver | undefined, request: FastifyRequest, db: string, timeoutMs: number) {
     this.#resolver = resolver
     this.#request = request
     this.#db = db
+    this.#timeoutMs = timeoutMs
+  }
+
+  /** Its function is running now (called from inside it): statements are refused, they would wait for it. */
+  get running (): boolean {
+    return this.#running
   }
 
   get (): Identity | undefined | Promise<Identity | undefined> {
@@ -162,12 +174,31 @@ export class RequestIdentity {
       throw error
     }
     this.#running = false
-    if (had instanceof Promise) had.then((identity) => { this.#had = identity }, (error: unknown) => { this.#failure = error })
+    if (had instanceof Promise) {
+      had = this.#had = bounded(had, this.#timeoutMs)
+      had.then((identity) => { this.#had = identity }, (error: unknown) => { this.#failure = error })
+    }
     return had
   }
 }
 
-const REENTERED = "request.db was used by its own identity function, whose statements would need the identity it is computing: look it up with fastify.pg.query() (it runs as the connection's user)"
+/**
+ * `work`, or FST_PG_IDENTITY after `ms`: an identity function that never settles (it waits for a
+ * statement of its own request, or for a service that hangs) fails the request's statements
+ * instead of holding the request forever.
+ */
+function bounded<T> (work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((resolve, reject) => {
+    timer = setTimeout(reject, ms, new PgIdentityError(`the identity function did not settle within ${ms} ms (acquireTimeoutMs): does it wait for request.db?`)).unref()
+  })
+  return Promise.race([work, late]).finally(() => clearTimeout(timer))
+}
+
+/** The identity's prepared statement answered something else: what ran behind it did not have it. */
+const forged = (): Error => new PgIdentityError("the statement that sets it answered something else under its name (was a statement prepared under that name behind the plugin's back?); the statement sent with it was not given its identity, and its result is withheld")
+
+export const REENTERED = "request.db was used by its own identity function, whose statements would need the identity it is computing: look it up with fastify.pg.query() (it runs as the connection's user)"
 
 /**
  * The request as its identity function sees it: `request.db` and `request.dbs` refused (their

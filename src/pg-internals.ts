@@ -11,7 +11,8 @@ import pg, { type Client } from 'pg'
  * | `client` emits 'drain' when the last of them settles | waiting for a running statement |
  * | `client.connection.parsedStatements` / `submittedNamedStatements` | forgetting prepared statements after DISCARD ALL, DEALLOCATE or a Close; the Query subclass |
 | `client.connection.stream` is the socket | closing a client still connecting |
- * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()` | statements sent in front of a statement (PrefixedQuery) |
+ * | `pg.Query`, its `submit` and `handle*` methods, `requiresPreparation()`, `queryMode` | statements sent in front of a statement (PrefixedQuery) |
+ * | `query._canceledDueToError`: reported at ReadyForQuery instead of the result | a statement in front that answered what it must not |
  * | `connection.query/parse/bind/execute` write one message each | the same |
  * | a query not yet sent waits in `client._queryQueue` | closing cursors when a checkout ends |
  * | `client.ref()` / `unref()` | `allowExitOnIdle` |
@@ -46,13 +47,29 @@ export interface PgQuery {
   handleDataRow (msg: unknown): void
   handleCommandComplete (msg: unknown, connection: Connection): void
   handleError (error: Error, connection: Connection): void
+  /** An error found on the client side: pg reports it at ReadyForQuery, instead of the result. */
+  _canceledDueToError: Error | false
+}
+
+/** A row as a statement in front must answer it. */
+function answered (fields: unknown[], row: ReadonlyArray<string | undefined>): boolean {
+  return fields.length === row.length && row.every((value, i) => value === undefined || fields[i] === value)
 }
 
 /** What PrefixedQuery records, in pg's `parsedStatements`, for a statement the server may or may not have. */
 const IN_DOUBT = ''
 
 /** A statement sent in front of another (PrefixedQuery): a text, or a text and its parameters (all strings). */
-export type Prefix = string | { readonly text: string, readonly values: readonly string[], readonly name?: string | undefined }
+export type Prefix = string | {
+  readonly text: string
+  readonly values: readonly string[]
+  readonly name?: string | undefined
+  /**
+   * The row it must answer (a column `undefined`: any value), with the error to report when it
+   * does not: the statement behind it then fails, and the name is prepared again.
+   */
+  readonly answers?: { readonly row: ReadonlyArray<string | undefined>, readonly otherwise: () => Error } | undefined
+}
 
 /** pg's Query class (exported by pg, undeclared in @types/pg). */
 export const Query = (pg as unknown as { Query: new (...args: unknown[]) => PgQuery }).Query
@@ -304,6 +321,9 @@ export class PrefixedQuery extends Query {
   /** pg refused the statement unsent: nothing in front was sent either. */
   #refusedUnsent = false
 
+  /** The statement in front answering now did not answer what it must (see Prefix `answers`). */
+  #forged = false
+
   /** Messages from the server are still answers to statements in front. */
   get #ahead (): boolean {
     return !this.#refusedUnsent && this.passed < this.#prefix.length
@@ -372,17 +392,26 @@ export class PrefixedQuery extends Query {
   }
 
   override handleDataRow (msg: unknown): void {
-    if (!this.#ahead) super.handleDataRow(msg)
+    if (!this.#ahead) return super.handleDataRow(msg)
+    const statement = this.#prefix[this.passed]
+    const answers = typeof statement === 'object' ? statement.answers : undefined
+    if (answers === undefined || answered((msg as { fields: unknown[] }).fields, answers.row)) return
+    // Something else answers under its name (a function prepared another statement by it): the
+    // statement behind it fails, and the next batch closes the name and prepares it again.
+    this._canceledDueToError = answers.otherwise()
+    this.#forged = true
   }
 
   override handleCommandComplete (msg: unknown, connection: Connection): void {
     if (!this.#ahead) return super.handleCommandComplete(msg, connection)
     // One in front has answered; after the last, the statement's own messages follow.
     const done = this.#prefix[this.passed]
-    if (typeof done === 'object' && done.name !== undefined && connection.submittedNamedStatements[done.name] !== undefined) {
-      connection.parsedStatements[done.name] = done.text
+    if (typeof done === 'object' && done.name !== undefined) {
+      if (this.#forged) connection.parsedStatements[done.name] = IN_DOUBT
+      else if (connection.submittedNamedStatements[done.name] !== undefined) connection.parsedStatements[done.name] = done.text
       delete connection.submittedNamedStatements[done.name]
     }
+    this.#forged = false
     if (++this.passed === this.#prefix.length) this.name = this.#name
   }
 

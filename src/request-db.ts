@@ -4,6 +4,7 @@ import {
   PgCallbackError,
   PgCancelledError,
   PgCommitUnknownError,
+  PgIdentityError,
   PgRequestEndedError,
   PgTransactionScopeError,
   PgTransactionEndedEarlyError,
@@ -24,7 +25,7 @@ import type { AcquireOptions, Pool } from './pool.js'
 import { Abandon } from './queue.js'
 import type { RouteSettings } from './route.js'
 import { takesIdentity, type Callback, type Carry } from './send.js'
-import { RequestIdentity, type Identity } from './identity.js'
+import { REENTERED, RequestIdentity, type Identity } from './identity.js'
 import { DEFAULT } from './databases.js'
 import { noop } from './deadline.js'
 import { busy, isReadTimeout } from './pg-internals.js'
@@ -136,7 +137,7 @@ export class RequestHandle implements Runner {
     this.#log = label === undefined ? request.log : request.log.child({ db: label })
     this.#holder = request
     this.#carry = { clock: pool.wire.clock(settings.statementTimeoutMs), prepare: settings.prepare ?? pool.wire.prepares, identity: undefined }
-    this.#identity = new RequestIdentity(settings.identity === false ? undefined : settings.identity ?? pool.identity, request as unknown as FastifyRequest, label ?? DEFAULT)
+    this.#identity = new RequestIdentity(settings.identity === false ? undefined : settings.identity ?? pool.identity, request as unknown as FastifyRequest, label ?? DEFAULT, pool.acquireTimeoutMs)
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out. A reply
     // that is complete ('prefinish', `res.end()`, HTTP/1) may take long to reach a slow client:
@@ -221,6 +222,8 @@ export class RequestHandle implements Runner {
 
   /** @internal Queues a statement, and sends it at once if nothing is ahead of it. */
   run (text: string | PgQueryConfig, values: unknown[] | undefined, plan: Plan | undefined): Promise<QueryResult<any>> {
+    // From inside its own identity function: it would wait for the identity, forever.
+    if (this.#identity.running) return this.refuse(new PgIdentityError(REENTERED))
     const job = newJob(text, values, plan)
     const state = this.#state
     if (state.kind === 'held' && state.running === undefined && this.#queue.length === 0) this.#send(state, job)
@@ -246,7 +249,7 @@ export class RequestHandle implements Runner {
 
   /** @internal `connection()` of `request.db` or of a transaction's `db`. */
   connectionIn (scope: RequestDb): Promise<PoolClient> {
-    const refusal = this.#refusal(scope)
+    const refusal = this.#identity.running ? new PgIdentityError(REENTERED) : this.#refusal(scope)
     if (refusal !== undefined) return this.refuse(refusal)
     const client = this.#clientOf(scope)
     // A failed checkout or a refusal met on the way (the request ended meanwhile) must not crash

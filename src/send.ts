@@ -175,8 +175,12 @@ export class Wire {
     if (takes === 'front') {
       prefix.push(this.#sendable(identity as Identity))
       // It goes the extended way anyway: prepared even without parameters (a query RLS filters
-      // often has none), so it is not parsed and planned on every run.
-      return this.call(conn, statement, values, callback, carry.prepare && 'all', prefix)
+      // often has none), so it is not parsed and planned on every run. Only outside a
+      // transaction, where a plan gone stale (0A000 after an ALTER TABLE) is prepared again and
+      // sent once more: inside one it would fail the transaction, as it does not unprepared.
+      const { client } = conn
+      const outside = !busy(client) && client.getTransactionStatus() === 'I' && !prefix.some(opens)
+      return this.call(conn, statement, values, callback, carry.prepare && (outside ? 'all' : true), prefix)
     } else if (takes !== 'none') {
       // (The identity's own failure is what the statement after it fails for.)
       let failed: Error | null = null

@@ -4,13 +4,15 @@
  * statement went out on the lookup's connection without the identity (as the login role), and
  * connections were never returned (the pool ran dry, app.close() hung). Now `request.db` and
  * `request.dbs` refuse inside the identity function with FST_PG_IDENTITY, before anything is
- * checked out; the lookup belongs on `fastify.pg.query()`. A handle reached another way while the
- * function runs queues its statement behind the identity.
+ * checked out; the lookup belongs on `fastify.pg.query()`. A handle reached another way is refused
+ * while the function runs; after an await inside it, its statement waits for the identity, and
+ * the function is bounded by acquireTimeoutMs (it hung before).
  */
 import t from 'tap'
 import type { FastifyRequest } from 'fastify'
 import type { RequestDb } from '../../src/index.js'
 import { assertReturned, buildApp } from '../helpers/app.js'
+import { code } from '../helpers/ledger.js'
 import { setupDatabase } from '../helpers/postgres.js'
 import { tenants } from '../helpers/tenants.js'
 
@@ -19,6 +21,7 @@ const tn = await tenants(db)
 await db.admin(`create table sessions (token text primary key, tenant int); insert into sessions values ('a', 2), ('b', 3);
   grant select on sessions to ${tn.login}; create table seen (who text, tenant text); grant insert on seen to ${tn.login}, ${tn.role}`)
 type Kept = FastifyRequest & { kept?: RequestDb | null }
+const AUDIT = "insert into seen values (current_user, current_setting('app.tenant_id', true))"
 const WHO = "select current_user as user, coalesce(array_agg(distinct tenant_id), '{}') as tenants from notes"
 
 t.test('request.db inside the identity function: refused, nothing checked out, nothing leaked', async (t) => {
@@ -59,22 +62,34 @@ t.test('the lookup on fastify.pg.query(): the handler runs with the identity it 
   await assertReturned(t, app, db)
 })
 
-t.test('a handle reached another way, used while the function runs: its statement waits for the identity', async (t) => {
+t.test('a handle reached another way: refused while the function runs, bounded after it awaits', async (t) => {
   const app = await buildApp(t, db, {
     connectionString: tn.url,
     max: 1,
-    identity: (req) => {
-      // Fired and forgotten from inside the function: queued behind the identity, not sent without it.
-      (req as Kept).kept?.query("insert into seen values (current_user, current_setting('app.tenant_id', true))").catch(() => {})
+    acquireTimeoutMs: 300,
+    identity: async (req) => {
+      const kept = (req as Kept).kept
+      if (req.headers['x-when'] === 'at-once') {
+        // In the function's own turn: refused at once (it would wait for this identity).
+        const [refused, client] = await Promise.all([kept?.query(AUDIT).then(() => 'sent', code), kept?.connection().then(() => 'handed', code)])
+        if (refused !== 'FST_PG_IDENTITY' || client !== 'FST_PG_IDENTITY') throw new Error(`${String(refused)} ${String(client)}`)
+        return tn.fromHeader(req)
+      }
+      // After an await it cannot be told from the handler's own statements: it waits, and the
+      // function is bounded by acquireTimeoutMs.
+      await new Promise((resolve) => setImmediate(resolve))
+      await kept?.query(AUDIT)
       return tn.fromHeader(req)
     }
   })
   app.decorateRequest('kept', null)
   app.addHook('preHandler', async (req) => { (req as Kept).kept = req.db })
   app.get('/', async (req) => (await req.db.query(WHO)).rows[0])
-  for (const tenant of [4, 5]) {
-    t.same((await app.inject({ url: '/', headers: { 'x-tenant': String(tenant) } })).json(), { user: tn.role, tenants: [tenant] })
-  }
-  t.same((await db.admin('select * from seen order by tenant')).rows, [{ who: tn.role, tenant: '4' }, { who: tn.role, tenant: '5' }], 'each insert ran with its identity')
+  t.same((await app.inject({ url: '/', headers: { 'x-tenant': '4', 'x-when': 'at-once' } })).json(), { user: tn.role, tenants: [4] })
+  const started = performance.now()
+  const waited = await app.inject({ url: '/', headers: { 'x-tenant': '5', 'x-when': 'later' } })
+  t.equal(waited.json().code, 'FST_PG_IDENTITY', 'failed, not hung')
+  t.ok(performance.now() - started < 3000, 'within about acquireTimeoutMs')
+  t.same((await db.admin('select * from seen')).rows, [], 'nothing ran without an identity')
   await assertReturned(t, app, db)
 })
