@@ -63,10 +63,21 @@ t.test('a queued Kysely stream is not run after the abort, and the handler settl
   let aborted = false
   let rowsAfterAbort = 0
   let settled: string | undefined
+  let client: { _queryQueue: unknown[] } | undefined
   app.get('/', async (req) => {
-    const k = new Kysely<any>({ dialect: new PostgresDialect({ pool: req.db.pool, cursor: Cursor }) })
+    // (The client Kysely checks out, to see its cursor queued in pg before the abort.)
+    const pool = req.db.pool
+    const connect = pool.connect.bind(pool)
+    const seen = Object.assign(Object.create(pool) as typeof pool, {
+      connect: async () => {
+        const got = await connect()
+        client = got as unknown as { _queryQueue: unknown[] }
+        return got
+      }
+    })
+    const k = new Kysely<any>({ dialect: new PostgresDialect({ pool: seen, cursor: Cursor }) })
     // A fire-and-forget statement of the request (an audit insert, a slow lookup)...
-    req.db.query('select pg_sleep(0.3)').catch(() => {})
+    req.db.query('select pg_sleep(1)').catch(() => {})
     // ...and a stream queued behind it.
     try {
       const q = k.selectFrom(ksql`(select g, pg_sleep(0.01) as s from generate_series(1, 100000) g)`.as('t')).selectAll()
@@ -79,7 +90,9 @@ t.test('a queued Kysely stream is not run after the abort, and the handler settl
   })
   const url = await listen(app)
   const sent = send(`${url}/`)
-  await new Promise((resolve) => setTimeout(resolve, 150))
+  // The abort comes once the stream's cursor waits in pg's queue behind the sleep (a fixed delay
+  // was too short for a loaded machine: the stream was then refused before it was queued).
+  await until(() => (client?._queryQueue.length ?? 0) > 0, "the stream's cursor is queued behind the sleep", 5000)
   aborted = true
   sent.req.destroy()
   await until(() => settled !== undefined, 'the handler stream settles', 3000).catch(() => {})
