@@ -156,8 +156,8 @@ export class RequestIdentity {
     return this.#running
   }
 
+  /** (Never called while its function runs: the handle refuses statements then, see `running`.) */
   get (): Identity | undefined | Promise<Identity | undefined> {
-    if (this.#running) throw new PgIdentityError(REENTERED)
     const resolver = this.#resolver
     if (resolver === undefined) {
       if (this.#failure !== undefined) throw this.#failure

@@ -369,8 +369,7 @@ export class RequestHandle implements Runner {
           // can only end in a later event: the state is still this one here.
           (got) => this.#move('held', got),
           (error: unknown) => {
-            // (Superseded: a checkout begun inside the identity function, see identity.ts. What
-            // it would have failed waits for the checkout that replaced it.)
+            // (The request ended meanwhile: what was queued failed with it.)
             if (this.#state !== state) return
             this.#fail(error)
             this.#move(this.ended ? 'released' : 'unused')
