@@ -144,7 +144,7 @@ export class RequestIdentity {
   /** Its function is running (its synchronous part): a statement it sends must not go without it. */
   #running = false
 
-  constructor (resolver: PgIdentityResolver | undefined, request: FastifyRequest, db: string, timeoutMs: number) {
+  constructor (resolver: PgIdentityResolver, request: FastifyRequest, db: string, timeoutMs: number) {
     this.#resolver = resolver
     this.#request = request
     this.#db = db

@@ -123,7 +123,7 @@ export class RequestHandle implements Runner {
   /** What travels with its statements: the statement timeout, whether they are prepared, the identity (see send.ts). */
   #carry: Carry
   /** The request's identity on this database (see identity.ts), had on the first checkout. */
-  readonly #identity: RequestIdentity
+  readonly #identity: RequestIdentity | undefined
   /** `pool`, made on first use. */
   #view: RequestPool | undefined
   /** Every pg.Pool view of this request's dbs: none gives a turn after the end. */
@@ -137,7 +137,9 @@ export class RequestHandle implements Runner {
     this.#log = label === undefined ? request.log : request.log.child({ db: label })
     this.#holder = request
     this.#carry = { clock: pool.wire.clock(settings.statementTimeoutMs), prepare: settings.prepare ?? pool.wire.prepares, identity: undefined }
-    this.#identity = new RequestIdentity(settings.identity === false ? undefined : settings.identity ?? pool.identity, request as unknown as FastifyRequest, label ?? DEFAULT, pool.acquireTimeoutMs)
+    // (Most apps have none: nothing is made for it per request.)
+    const resolver = settings.identity === false ? undefined : settings.identity ?? pool.identity
+    if (resolver !== undefined) this.#identity = new RequestIdentity(resolver, request as unknown as FastifyRequest, label ?? DEFAULT, pool.acquireTimeoutMs)
     if (settings.transaction !== undefined) this.#txs = new Transactions(this, settings.transaction)
     // 'close' fires on every way a response can end: sent, aborted, hijacked, timed out. A reply
     // that is complete ('prefinish', `res.end()`, HTTP/1) may take long to reach a slow client:
@@ -223,7 +225,7 @@ export class RequestHandle implements Runner {
   /** @internal Queues a statement, and sends it at once if nothing is ahead of it. */
   run (text: string | PgQueryConfig, values: unknown[] | undefined, plan: Plan | undefined): Promise<QueryResult<any>> {
     // From inside its own identity function: it would wait for the identity, forever.
-    if (this.#identity.running) return this.refuse(new PgIdentityError(REENTERED))
+    if (this.#identity?.running === true) return this.refuse(new PgIdentityError(REENTERED))
     const job = newJob(text, values, plan)
     const state = this.#state
     if (state.kind === 'held' && state.running === undefined && this.#queue.length === 0) this.#send(state, job)
@@ -249,7 +251,7 @@ export class RequestHandle implements Runner {
 
   /** @internal `connection()` of `request.db` or of a transaction's `db`. */
   connectionIn (scope: RequestDb): Promise<PoolClient> {
-    const refusal = this.#identity.running ? new PgIdentityError(REENTERED) : this.#refusal(scope)
+    const refusal = this.#identity?.running === true ? new PgIdentityError(REENTERED) : this.#refusal(scope)
     if (refusal !== undefined) return this.refuse(refusal)
     const client = this.#clientOf(scope)
     // A failed checkout or a refusal met on the way (the request ended meanwhile) must not crash
@@ -413,17 +415,19 @@ export class RequestHandle implements Runner {
    * identity function runs, nor checked out when it fails.
    */
   #checkout (options: AcquireOptions): Conn | Promise<Conn> {
+    const acquire = (): Conn | Promise<Conn> => this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
+    if (this.#identity === undefined) return acquire()
     let identity: Identity | undefined | Promise<Identity | undefined>
     try {
       identity = this.#identity.get()
     } catch (error) {
       return Promise.reject(error)
     }
-    const acquire = (had: Identity | undefined): Conn | Promise<Conn> => {
-      if (had !== this.#carry.identity) this.#carry = { ...this.#carry, identity: had }
-      return this.#fallback === undefined ? this.#pool.acquire(options) : this.#acquireOrFallBack(options)
+    const had = (it: Identity | undefined): Conn | Promise<Conn> => {
+      if (it !== this.#carry.identity) this.#carry = { ...this.#carry, identity: it }
+      return acquire()
     }
-    return identity instanceof Promise ? identity.then(acquire) : acquire(identity)
+    return identity instanceof Promise ? identity.then(had) : had(identity)
   }
 
   /**
